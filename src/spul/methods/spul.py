@@ -1,0 +1,126 @@
+"""SPUL: a soft prompt that makes the frozen model forget (Bhaila et al., 2024)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from peft import PeftModel, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+
+from spul.engine import PrefixFn, answer_logits
+from spul.errors import SpulError
+from spul.methods.base import Method, TrainBatch, TrainItem, register
+from spul.methods.losses import answer_kl, answer_nll, masked_mean
+from spul.prompting import Batch
+
+PROMPT_TYPES = ("ptuning", "prompt-tuning")
+
+
+def prompt_config(prompt_type: str, num_virtual_tokens: int, encoder_hidden: int, token_dim: int):
+    """The peft config of a soft prompt: P-tuning (MLP re-parametrised, as the paper) or prompt tuning."""
+    if prompt_type == "ptuning":
+        return PromptEncoderConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=num_virtual_tokens,
+            encoder_hidden_size=encoder_hidden,
+            token_dim=token_dim,
+        )
+    if prompt_type == "prompt-tuning":
+        return PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens, token_dim=token_dim
+        )
+    raise SpulError(f"unknown prompt type {prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}")
+
+
+class SoftPromptMethod(Method):
+    """Shared machinery of methods that train a soft prompt over the frozen model."""
+
+    kind = "prompt"
+
+    def __init__(self, lm, encoder, verbalizer, generic, **options):
+        options = {"prompt_type": "ptuning", "num_virtual_tokens": 30, "encoder_hidden": 128} | options
+        super().__init__(lm, encoder, verbalizer, generic, **options)
+        config = prompt_config(
+            options["prompt_type"],
+            options["num_virtual_tokens"],
+            options["encoder_hidden"],
+            lm.model.get_input_embeddings().embedding_dim,
+        )
+        # peft wraps the model without copying it; we use the prompt encoder and feed embeddings ourselves
+        # (peft's own forward ignores position ids, which matters with padding).
+        self.peft = get_peft_model(lm.model, config)
+        self.peft.prompt_encoder.to(lm.device)
+
+    def trainable(self) -> torch.nn.Module:
+        """The prompt encoder (P-tuning MLP or plain embeddings)."""
+        return self.peft.prompt_encoder
+
+    def prompt(self) -> torch.Tensor:
+        """The p virtual-token embeddings, [p, hidden]."""
+        return self.peft.get_prompt(batch_size=1)[0]
+
+    def prefix_fn(self) -> PrefixFn:
+        """The current soft prompt."""
+        return self.prompt
+
+    def save(self, folder: Path) -> None:
+        """Save as a peft adapter folder (loadable with PeftModel.from_pretrained)."""
+        self.peft.save_pretrained(str(folder))
+
+    def logits(self, batch: Batch, prompted: bool = True) -> torch.Tensor:
+        """Answer-position logits with or without the soft prompt."""
+        with self.lm.autocast():
+            return answer_logits(self.lm.model, batch, self.prompt() if prompted else None)
+
+
+@register
+class Spul(SoftPromptMethod):
+    """L = L_f + alpha * L_r + beta * L_kl; forget rows learn a generic label, retain rows their true one."""
+
+    name = "spul"
+
+    def __init__(self, lm, encoder, verbalizer, generic, *, alpha=1.0, beta=0.5, **options):
+        super().__init__(lm, encoder, verbalizer, generic, alpha=alpha, beta=beta, **options)
+        self.alpha, self.beta = alpha, beta
+
+    def items(self, texts, labels, is_forget, seed):
+        """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label."""
+        rng = random.Random(seed)
+        prompts = self.encoder.encode(texts)
+        items = []
+        for prompt, label, forget in zip(prompts, labels, is_forget, strict=True):
+            answer = rng.choice(self.generic.token_ids) if forget else self.verbalizer.token_ids[label]
+            items.append(TrainItem(prompt, answer, forget))
+        return items
+
+    def loss(self, batch: TrainBatch):
+        """The three SPUL terms; each averaged over the forget or retain rows of the batch."""
+        forget, retain = batch.is_forget, ~batch.is_forget
+        logits = self.logits(batch.batch)
+        nll = answer_nll(logits, batch.batch.targets)
+        loss_f = masked_mean(nll, forget)
+        loss_r = masked_mean(nll, retain)
+        loss_kl = logits.sum() * 0.0
+        if self.beta > 0 and retain.any():
+            # The frozen model's own unprompted distribution, recomputed here with no grad: no second
+            # copy of the model, and only a [retain rows, answer length, vocab] tensor at a time.
+            ref_batch = batch.batch.select(retain)
+            with torch.no_grad():
+                ref = self.logits(ref_batch, prompted=False)
+            loss_kl = answer_kl(logits[retain], ref, ref_batch.targets).mean()
+        total = loss_f + self.alpha * loss_r + self.beta * loss_kl
+        return total, {
+            "loss": total.item(),
+            "L_f": loss_f.item(),
+            "L_r": loss_r.item(),
+            "L_kl": loss_kl.item(),
+        }
+
+
+def load_prompt_encoder(lm, folder: Path) -> PeftModel:
+    """Attach a saved soft prompt (peft folder) to a loaded model."""
+    peft = PeftModel.from_pretrained(lm.model, str(folder))
+    peft.prompt_encoder.to(lm.device)
+    peft.eval()
+    return peft

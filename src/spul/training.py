@@ -1,0 +1,240 @@
+"""The training loop shared by every method: AdamW, cosine schedule with warmup, clipping, checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import get_cosine_schedule_with_warmup
+
+from spul.errors import SpulError
+from spul.methods.base import Method, TrainBatch, TrainItem
+from spul.progress import progress_bar
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation hyperparameters (defaults: the paper's reference code)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.001
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 0.3
+    seed: int = 0
+    checkpoint_every: int = 100  # optimizer steps between checkpoints
+    log_every: int = 10
+
+
+@dataclass
+class TrainResult:
+    """What a run produced besides the trained module: logs, per-epoch evaluations, timing."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch_evals: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    wall_time_s: float = 0.0
+    steps: int = 0
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters being trained (all that a checkpoint needs of the model)."""
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy trained parameters back into the module."""
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def collate(items: list[TrainItem], method: Method, index: list[int]) -> TrainBatch:
+    """Pad a list of items into a batch on the model's device."""
+    batch = method.encoder.batch([it.prompt for it in items], [it.answer for it in items], index)
+    flags = torch.tensor([it.is_forget for it in items], dtype=torch.bool)
+    return TrainBatch(batch.to(method.lm.device), flags.to(method.lm.device))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of one epoch, a pure function of (seed, epoch) so resuming replays it."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def run_fingerprint(config: TrainConfig, method: Method, items: list[TrainItem]) -> str:
+    """Hash of what determines the run: a checkpoint only resumes the same run."""
+    h = hashlib.sha256(
+        json.dumps([asdict(config), method.name, method.hyperparameters()], default=str).encode()
+    )
+    for it in items:
+        h.update(repr((it.prompt, it.answer, it.is_forget)).encode())
+    return h.hexdigest()
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to checkpoint and stop at the next step; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> _StopFlag:
+        self._previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    # Data parallel without wrapping the module: average gradients over processes.
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+
+
+def train(
+    method: Method,
+    items: list[TrainItem],
+    config: TrainConfig,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    evaluate_fn: Callable[[], dict[str, dict[str, float]]] | None = None,
+    show_progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train the method's module on the items; resumable from `checkpoint` with `resume=True`.
+
+    With `evaluate_fn`, the model is evaluated after each epoch and the best epoch's weights are kept.
+    `stop_after_steps` simulates an interruption (tests).
+    """
+    module = method.trainable()
+    params = [p for p in module.parameters() if p.requires_grad]
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    steps_per_epoch = math.ceil(len(items) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(config.warmup_ratio * total_steps), total_steps
+    )
+    fingerprint = run_fingerprint(config, method, items)
+    result = TrainResult()
+    best_state, best_score, step = None, -math.inf, 0
+
+    if resume and checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=True)
+        if saved["fingerprint"] != fingerprint:
+            raise SpulError(
+                f"{checkpoint} belongs to another run (other data or settings); remove it or drop --resume"
+            )
+        load_trainable_state(module, saved["state"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        step = saved["step"]
+        result = TrainResult(**json.loads(saved["result"]))
+        best_state, best_score = saved.get("best_state"), saved.get("best_score", -math.inf)
+
+    def save(at_step: int) -> None:
+        if checkpoint is None or rank != 0:
+            return
+        payload = {
+            "fingerprint": fingerprint,
+            "state": trainable_state(module),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": at_step,
+            "result": json.dumps(asdict(result)),
+            "best_score": best_score,
+        }
+        if best_state is not None:
+            payload["best_state"] = best_state
+        _save_checkpoint(checkpoint, payload)
+
+    start = time.perf_counter() - result.wall_time_s
+    window: list[dict[str, float]] = []
+    module.train()
+    with _StopFlag() as stop, progress_bar(method.name, total=total_steps, enabled=show_progress) as advance:
+        advance(step)
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            order = epoch_order(len(items), config.seed, epoch)
+            chosen = order[offset * config.batch_size : (offset + 1) * config.batch_size][rank::world]
+            loss, terms = method.loss(collate([items[i] for i in chosen], method, chosen))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if distributed:
+                _all_reduce_grads(params)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            advance(1)
+            window.append(terms | {"grad_norm": float(grad_norm)})
+            if step % config.log_every == 0 or step == total_steps:
+                mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                result.history.append(
+                    {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0]} | mean
+                )
+                window = []
+            if step % steps_per_epoch == 0 and evaluate_fn is not None:
+                module.eval()
+                table = evaluate_fn()
+                module.train()
+                score = method.selection_score(table)
+                result.epoch_evals.append({"epoch": step // steps_per_epoch, "score": score, "table": table})
+                if score > best_score:
+                    best_score, best_state = score, trainable_state(module)
+                    result.best_epoch = step // steps_per_epoch
+            result.wall_time_s = time.perf_counter() - start
+            result.steps = step
+            if step % config.checkpoint_every == 0 or step == total_steps:
+                save(step)
+            if stop.requested or (stop_after_steps is not None and step >= stop_after_steps):
+                save(step)
+                where = f" ({checkpoint})" if checkpoint else ""
+                raise TrainingInterrupted(
+                    f"stopped at step {step}/{total_steps}; checkpoint saved{where}; rerun with --resume"
+                )
+    module.eval()
+    if best_state is not None:
+        load_trainable_state(module, best_state)
+    return result
+
+
+class TrainingInterrupted(SpulError):
+    """Training stopped early on request; a checkpoint was saved."""

@@ -1,0 +1,111 @@
+"""The scoring engine equals a straightforward full-logits computation, one example at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spul.engine import OTHER, score
+from spul.prompting import Encoder, Template, Verbalizer
+
+TEXTS = [
+    "a gorgeous, witty, seductive movie.",
+    "bleak",
+    "the acting, costumes, music, cinematography and sound are all astounding and it's charming",
+    "the film is strictly routine.",
+]
+LABELS = [1, 0, 1, 0]
+
+
+def reference_logprobs(lm, texts, words, prefix=None):
+    """log P(word | prompt) by full-sequence logits on each unpadded example, plus the greedy answer."""
+    template = Template()
+    encoder = Encoder(lm.tokenizer, template)
+    verbalizer = Verbalizer.build(lm.tokenizer, words, template)
+    embed = lm.model.get_input_embeddings()
+    out = np.zeros((len(texts), len(words)))
+    greedy = []
+    for i, prompt in enumerate(encoder.encode(texts)):
+        for k, word in enumerate(verbalizer.token_ids):
+            ids = torch.tensor([prompt + list(word)])
+            embeds = embed(ids)
+            if prefix is not None:
+                embeds = torch.cat([prefix.unsqueeze(0), embeds], 1)
+            logits = lm.model(inputs_embeds=embeds).logits[0].log_softmax(-1)
+            start = embeds.shape[1] - len(word) - 1  # position predicting the word's first token
+            out[i, k] = sum(logits[start + j, t].item() for j, t in enumerate(word))
+        # greedy decode as many tokens as the longest word
+        ids = list(prompt)
+        for _ in range(max(len(w) for w in verbalizer.token_ids)):
+            embeds = embed(torch.tensor([ids]))
+            if prefix is not None:
+                embeds = torch.cat([prefix.unsqueeze(0), embeds], 1)
+            ids.append(int(lm.model(inputs_embeds=embeds).logits[0, -1].argmax()))
+        answer = ids[len(prompt) :]
+        hits = [k for k, w in enumerate(verbalizer.token_ids) if tuple(answer[: len(w)]) == w]
+        greedy.append(max(hits, key=lambda k: len(verbalizer.token_ids[k])) if hits else OTHER)
+    return out, np.array(greedy)
+
+
+@pytest.mark.parametrize("words", [("negative", "positive"), ("bleak film", "gorgeous, witty")])
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_score_matches_full_logits(tiny_lm, words, with_prefix):
+    torch.manual_seed(1)
+    prefix = torch.randn(5, tiny_lm.model.config.hidden_size) if with_prefix else None
+    template = Template()
+    verbalizer = Verbalizer.build(tiny_lm.tokenizer, words, template)
+    assert verbalizer.single_token == (words[0] == "negative")
+    scores = score(
+        tiny_lm,
+        Encoder(tiny_lm.tokenizer, template),
+        verbalizer,
+        TEXTS,
+        LABELS,
+        batch_size=3,  # forces padding and several batches
+        prefix_fn=(lambda: prefix) if with_prefix else None,
+        show_progress=False,
+    )
+    expected, greedy = reference_logprobs(tiny_lm, TEXTS, words, prefix)
+    np.testing.assert_allclose(scores.logprobs, expected, atol=1e-4)
+    np.testing.assert_array_equal(scores.predicted, greedy)
+    np.testing.assert_allclose(scores.loss, -expected[np.arange(4), LABELS], atol=1e-4)
+
+
+def test_prediction_maps_argmax_to_label_or_other(tiny_lm):
+    """Bias the LM head so the argmax is a chosen token; the prediction follows it."""
+    template = Template()
+    verbalizer = Verbalizer.build(tiny_lm.tokenizer, ("negative", "positive"), template)
+    encoder = Encoder(tiny_lm.tokenizer, template)
+    head = tiny_lm.model.get_output_embeddings()
+    for token, expected in [(verbalizer.token_ids[1][0], 1), (verbalizer.token_ids[0][0], 0), (7, OTHER)]:
+        with torch.no_grad():
+            head.weight[token] += 50.0  # tied embeddings: also shifts the input embedding; fine here
+        scores = score(tiny_lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False)
+        with torch.no_grad():
+            head.weight[token] -= 50.0
+        assert (scores.predicted == expected).all()
+
+
+def test_multi_token_label_scored_as_whole_sequence(tiny_lm):
+    """Two words sharing a first token get different scores from their later tokens."""
+    template = Template()
+    verbalizer = Verbalizer.build(tiny_lm.tokenizer, ("bleak film", "bleak music"), template)
+    assert verbalizer.token_ids[0][0] == verbalizer.token_ids[1][0]
+    scores = score(
+        tiny_lm, Encoder(tiny_lm.tokenizer, template), verbalizer, TEXTS, LABELS, show_progress=False
+    )
+    assert not np.allclose(scores.logprobs[:, 0], scores.logprobs[:, 1])
+
+
+def test_template_requires_text_placeholder():
+    with pytest.raises(Exception, match="exactly once"):
+        Template("no placeholder")
+
+
+def test_encoder_truncates_text_but_keeps_question(tiny_lm):
+    encoder = Encoder(tiny_lm.tokenizer, Template(), max_length=40)
+    long_text = " ".join(["gorgeous"] * 200)
+    (ids,) = encoder.encode([long_text])
+    assert len(ids) == 40
+    assert tiny_lm.tokenizer.decode(ids).endswith("### Sentiment:")
