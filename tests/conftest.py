@@ -53,6 +53,7 @@ def make_tiny_lm(seed: int = 0, layers: int = 2) -> LoadedModel:
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=0.2,  # larger than the default so inputs visibly change the outputs
     )
     model = LlamaForCausalLM(config).eval()
     model.requires_grad_(False)
@@ -74,3 +75,54 @@ def shared_data() -> Path:
         if (path / "sst2").is_dir():
             return path
     pytest.skip("shared data folder not found (set SPUL_DATA_DIR)")
+
+
+def toy_data(n: int = 12, seed: int = 0):
+    """Four small splits of made-up reviews; forget rows all mention 'sandler'."""
+    import random
+
+    from spul.data.splits import SPLITS, Split, UnlearningData
+
+    rng = random.Random(seed)
+    vocab = ["gorgeous", "witty", "bleak", "routine", "charming", "desperate", "film", "movie", "music"]
+    splits = {}
+    for s, name in enumerate(SPLITS):
+        texts = [
+            " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 9)))
+            + f" {s}-{i}"
+            + (" sandler" if "forget" in name else "")
+            for i in range(n)
+        ]
+        splits[name] = Split(name, texts, [rng.randint(0, 1) for _ in range(n)], f"{name}.csv")
+    return UnlearningData(splits, name="toy")
+
+
+@pytest.fixture
+def toy() -> object:
+    """Toy unlearning data (12 rows per split)."""
+    return toy_data()
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    """The tiny model and tokenizer saved as a local model folder."""
+    lm = make_tiny_lm()
+    folder = tmp_path / "tiny-model"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def toy_dir(tmp_path, toy) -> Path:
+    """The toy data written as a four-split CSV folder."""
+    import csv
+
+    folder = tmp_path / "toy-data"
+    folder.mkdir()
+    for name, split in toy.splits.items():
+        with open(folder / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows(zip(split.texts, split.labels, strict=True))
+    return folder

@@ -7,6 +7,8 @@ import functools
 import io
 import json
 import sys
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +20,7 @@ from spul.errors import SpulError
 app = typer.Typer(
     help="Machine unlearning for LLM classifiers with soft prompts (SPUL).", no_args_is_help=True
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one message = one line, even in narrow terminals
 
 # Options shared by several verbs.
 ModelOpt = Annotated[
@@ -199,7 +201,7 @@ def _train_verb(
     quiet,
 ) -> None:
     from spul.metrics import format_table
-    from spul.models import load_model
+    from spul.models import is_main_process, load_model
     from spul.pipeline import train_artifact
 
     lm = load_model(model, adapter=adapter, device=device, precision=precision)
@@ -215,6 +217,8 @@ def _train_verb(
         resume=resume,
         show_progress=not quiet,
     )
+    if not is_main_process():
+        return
     typer.echo(format_table({method: manifest["metrics"]}))
     console.print(
         f"saved {out} ({manifest['trainable_parameters']:,} trainable parameters, "
@@ -236,16 +240,17 @@ TauOpt = Annotated[float, typer.Option(help="fraction of train_forget to use (fo
 def _datasets(
     data, data_dir, limit, eval_limit, seed, label_words, generic_words, regex, keywords, test, tau
 ):
-    dataset = load_dataset(
-        data, data_dir, limit, seed, label_words, generic_words, regex, keywords, test, tau
-    )
-    report_warnings(dataset)
-    eval_data = dataset
-    if eval_limit is not None:
-        eval_data = load_dataset(
-            data, data_dir, eval_limit, seed, label_words, generic_words, regex, keywords, test
-        )
-    return dataset, eval_data
+    """Training data (sampled with tau and --limit) and evaluation data: its train splits are drawn from
+    the rows actually trained on, its test splits from the whole test data (both capped by --eval-limit)."""
+    full = load_dataset(data, data_dir, None, seed, label_words, generic_words, regex, keywords, test)
+    report_warnings(full)
+    training = full.sample(tau=tau, limit=parse_limit(limit), seed=seed)
+    if eval_limit is None:
+        return training, training
+    cap = parse_limit(eval_limit)
+    from_train, from_full = training.sample(limit=cap, seed=seed), full.sample(limit=cap, seed=seed)
+    splits = {name: (from_train if name.startswith("train") else from_full)[name] for name in full.splits}
+    return training, replace(training, splits=splits, warnings=[])
 
 
 @app.command("finetune")
@@ -260,7 +265,7 @@ def finetune_cmd(
     epochs: EpochsOpt = 2,
     lr: LrOpt = 1e-4,
     batch_size: BatchOpt = 32,
-    r: Annotated[int, typer.Option(help="LoRA rank")] = 16,
+    r: Annotated[int, typer.Option("--lora-r", help="LoRA rank")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha")] = 64,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.1,
     targets: Annotated[str, typer.Option(help="comma-separated module names to adapt")] = "q_proj,v_proj",
@@ -416,4 +421,6 @@ def predict_cmd(
 
 def main() -> None:
     """Entry point of the `spul` script."""
+    # peft still asks transformers for a deprecated attribute; the warning is noise for users.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     app()

@@ -59,10 +59,20 @@ def cache_dir() -> Path:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """CUDA when present, else the CPU (or what the user asked for)."""
+    """CUDA when present, else the CPU (or what the user asked for); one device per process when launched
+    with `accelerate launch` / `torchrun` (which also sets up the process group here)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState(cpu=device == "cpu").device
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_main_process() -> bool:
+    """False on every process but the first of a multi-process launch (only the first writes files)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def cpu_has_fast_bf16() -> bool:

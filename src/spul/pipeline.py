@@ -22,7 +22,7 @@ from spul.errors import SpulError
 from spul.evaluation import evaluate
 from spul.methods import get_method
 from spul.methods.spul import load_prompt_encoder
-from spul.models import LoadedModel, load_model
+from spul.models import LoadedModel, is_main_process, load_model
 from spul.prompting import Encoder, Template, Verbalizer
 from spul.training import TrainConfig, train
 
@@ -108,8 +108,9 @@ def train_artifact(
         "epoch_evals": result.epoch_evals,
         "history": result.history,
     }
-    save_artifact(out, method.save, manifest)
-    ckpt.unlink(missing_ok=True)
+    if is_main_process():
+        save_artifact(out, method.save, manifest)
+        ckpt.unlink(missing_ok=True)
     return manifest
 
 

@@ -21,18 +21,12 @@ class LoraFinetune(Method):
     name = "finetune"
     kind = "adapter"
 
-    def __init__(self, lm, encoder, verbalizer, *, r=16, lora_alpha=64, lora_dropout=0.1, targets=None, **kw):
+    def __init__(
+        self, lm, encoder, verbalizer, generic, *, r=16, lora_alpha=64, lora_dropout=0.1, targets=None
+    ):
         targets = list(targets or DEFAULT_TARGETS)
-        super().__init__(
-            lm,
-            encoder,
-            verbalizer,
-            r=r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            targets=targets,
-            **kw,
-        )
+        options = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "targets": targets}
+        super().__init__(lm, encoder, verbalizer, generic, **options)
         config = LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=r,

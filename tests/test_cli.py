@@ -1,0 +1,86 @@
+"""The command line on the tiny model and toy data: tables, files, predictions, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from spul.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def test_help_lists_the_verbs():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for verb in ("evaluate", "finetune", "unlearn", "predict"):
+        assert verb in result.output
+
+
+def test_evaluate_writes_table_json_and_csv(tmp_path, tiny_model_dir, toy_dir):
+    out = tmp_path / "eval"
+    result = invoke(
+        "evaluate", "--model", tiny_model_dir, "--data", toy_dir, "--out", out, "-q", "--limit", 5
+    )
+    assert result.exit_code == 0, result.output
+    assert "| train retain | train forget | test retain | test forget |" in result.output
+    saved = json.loads((out / "results.json").read_text())
+    (row,) = saved["rows"].values()
+    assert {s: m["n"] for s, m in row.items()} == dict.fromkeys(row, 5)
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_finetune_unlearn_predict_and_three_row_table(tmp_path, tiny_model_dir, toy_dir):
+    ft, prompt = tmp_path / "ft", tmp_path / "prompt"
+    common = ["--model", tiny_model_dir, "--data", toy_dir, "--epochs", 1, "--batch-size", 8, "-q"]
+    result = invoke("finetune", "--out", ft, "--lora-r", 4, *common)
+    assert result.exit_code == 0, result.output
+    result = invoke("unlearn", "--out", prompt, "--adapter", ft, "--p", 3, *common)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((prompt / "spul.json").read_text())
+    assert manifest["base_model"]["adapter"] == str(ft)
+    assert manifest["hyperparameters"]["method"]["num_virtual_tokens"] == 3
+
+    result = invoke("evaluate", "--prompt", prompt, "--data", toy_dir, "--out", tmp_path / "e", "-q")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "e" / "results.json").read_text())["rows"]
+    assert list(rows) == ["Vanilla", "Fine-tuned", "SPUL"]
+    assert rows["SPUL"] == manifest["metrics"]
+
+    args = ["predict", "--prompt", prompt]
+    by_arg = invoke(*args, "gorgeous film", "bleak music")
+    by_stdin = invoke(*args, input="gorgeous film\nbleak music\n")
+    file = tmp_path / "texts.txt"
+    file.write_text("gorgeous film\nbleak music\n")
+    by_file = invoke(*args, "--file", file)
+    for result in (by_arg, by_stdin, by_file):
+        assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in by_arg.stdout.splitlines()]
+    assert [d["text"] for d in lines] == ["gorgeous film", "bleak music"]
+    assert all(d["label"] in ("negative", "positive", "other") for d in lines)
+    assert by_arg.stdout == by_stdin.stdout == by_file.stdout
+
+
+def test_bad_input_is_one_line_error(tmp_path, tiny_model_dir, toy_dir):
+    (toy_dir / "test_forget.csv").write_text("text,label\nfine words,1\n,0\n")
+    result = invoke("evaluate", "--model", tiny_model_dir, "--data", toy_dir, "--out", tmp_path, "-q")
+    assert result.exit_code == 2
+    assert "test_forget.csv, row 2" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_model_is_one_line_error(tmp_path, toy_dir):
+    result = invoke("evaluate", "--model", "no-such-model", "--data", toy_dir, "--out", tmp_path, "-q")
+    assert result.exit_code == 2
+    assert "unknown model 'no-such-model'" in result.output
+
+
+def test_bad_limit_is_one_line_error(tmp_path, toy_dir, tiny_model_dir):
+    result = invoke("evaluate", "--model", tiny_model_dir, "--data", toy_dir, "--limit", "lots", "-q")
+    assert result.exit_code == 2
+    assert "--limit 'lots'" in result.output
