@@ -9,8 +9,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from spul.data.splits import (
     DEFAULT_GENERIC_WORDS,
@@ -21,6 +20,9 @@ from spul.data.splits import (
     location,
 )
 from spul.errors import DataError
+
+if TYPE_CHECKING:  # pandas is imported only when a file is read
+    import pandas as pd
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
@@ -50,6 +52,8 @@ def line_offset(path: str | Path) -> int | None:
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a table with every CSV/TSV cell as verbatim text (no NA conversion); DataError on bad input."""
+    import pandas as pd
+
     path = Path(path)
     ext, gz = table_format(path)
     if not path.is_file():
@@ -115,6 +119,8 @@ def _count_records(text: str, sep: str) -> int | None:
 
 def _parse_json_lines(text: str, path: Path) -> pd.DataFrame:
     """Parse one JSON object per line (a JSON array of objects is accepted too)."""
+    import pandas as pd
+
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)

@@ -1,0 +1,101 @@
+"""Scoring throughput: spul's engine vs a plain forward pass with full-sequence logits.
+
+python benchmarks/bench_eval.py                          # embedded SmolLM2, SST-2 rows, CPU
+python benchmarks/bench_eval.py --random-shape llama2-7b --device cuda   # paper scale, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import alternate, bench_texts, load_bench_model, machine, report
+
+from spul.engine import score
+from spul.prompting import Encoder, Template, Verbalizer
+
+
+def plain_forward(lm, texts: list[str], batch_size: int, autocast: bool) -> None:
+    """The straightforward way: right-padded batches in given order, logits for every position."""
+    template = Template()
+    prompts = [template.render(t) for t in texts]
+    lm.tokenizer.padding_side = "right"
+    for i in range(0, len(prompts), batch_size):
+        enc = lm.tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(lm.device)
+        ctx = lm.autocast() if autocast else torch.autocast(lm.device.type, enabled=False)
+        with torch.no_grad(), ctx:
+            logits = lm.model(**enc).logits
+        last = enc.attention_mask.sum(1) - 1
+        logits[torch.arange(len(last)), last].argmax(-1)
+
+
+def main() -> None:
+    """Parse arguments, run both candidates alternately, print examples/s and the ratio."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--random-shape", choices=["llama2-7b", "smollm2-135m"])
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=0, help="also score with a soft prompt of p tokens"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    lm = load_bench_model(args.model, args.random_shape, args.device, args.precision)
+    texts, labels = bench_texts(args.rows, args.data_dir)
+    template = Template()
+    encoder = Encoder(lm.tokenizer, template)
+    verbalizer = Verbalizer.build(lm.tokenizer, ("negative", "positive"), template)
+    hidden = lm.model.get_input_embeddings().embedding_dim
+    prefix = torch.randn(args.prompt_tokens, hidden, device=lm.device) * 0.02 if args.prompt_tokens else None
+
+    def engine():
+        score(
+            lm,
+            encoder,
+            verbalizer,
+            texts,
+            labels,
+            batch_size=args.batch_size,
+            show_progress=False,
+            prefix_fn=(lambda: prefix) if prefix is not None else None,
+        )
+
+    candidates = {
+        "spul_engine": engine,
+        "plain_forward_full_logits": lambda: plain_forward(lm, texts, args.batch_size, autocast=False),
+    }
+    if lm.autocast_dtype is not None:
+        candidates["plain_forward_full_logits_autocast"] = lambda: plain_forward(
+            lm, texts, args.batch_size, True
+        )
+    seconds = alternate(candidates, args.rounds, lm.device)
+    rates = {name: round(len(texts) / s, 2) for name, s in seconds.items()}
+    report(
+        {
+            "benchmark": "eval",
+            "model": lm.spec,
+            "rows": len(texts),
+            "batch_size": args.batch_size,
+            "prompt_tokens": args.prompt_tokens,
+            "precision": str(lm.autocast_dtype or next(lm.model.parameters()).dtype),
+            "examples_per_s": rates,
+            "speedup_vs_plain": {
+                n: round(rates["spul_engine"] / r, 2) for n, r in rates.items() if n != "spul_engine"
+            },
+            "machine": machine(),
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
