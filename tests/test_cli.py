@@ -40,7 +40,9 @@ def test_finetune_unlearn_predict_and_three_row_table(tmp_path, tiny_model_dir, 
     common = ["--model", tiny_model_dir, "--data", toy_dir, "--epochs", 1, "--batch-size", 8, "-q"]
     result = invoke("finetune", "--out", ft, "--lora-r", 4, *common)
     assert result.exit_code == 0, result.output
-    result = invoke("unlearn", "--out", prompt, "--adapter", ft, "--p", 3, *common)
+    result = invoke(
+        "unlearn", "--out", prompt, "--adapter", ft, "--p", 3, "--limit", "train_forget=6", *common
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((prompt / "spul.json").read_text())
     assert manifest["base_model"]["adapter"] == str(ft)
@@ -51,6 +53,9 @@ def test_finetune_unlearn_predict_and_three_row_table(tmp_path, tiny_model_dir, 
     rows = json.loads((tmp_path / "e" / "results.json").read_text())["rows"]
     assert list(rows) == ["Vanilla", "Fine-tuned", "SPUL"]
     assert rows["SPUL"] == manifest["metrics"]
+    # the train splits are scored on the rows the prompt was trained on
+    evaluated = json.loads((tmp_path / "e" / "results.json").read_text())["data"]["splits"]["train_forget"]
+    assert evaluated == {"size": 6, "sha256": manifest["data"]["forget_sha256"]}
 
     args = ["predict", "--prompt", prompt]
     by_arg = invoke(*args, "gorgeous film", "bleak music")

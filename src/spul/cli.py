@@ -123,6 +123,16 @@ def write_results(out: Path, rows: dict[str, dict], extra: dict) -> None:
     write_text_atomic(out / "results.csv", buffer.getvalue())
 
 
+def _training_selection(prompt: str | None, data: str) -> dict | None:
+    """How the prompt's training rows were drawn, when it was trained on this same --data."""
+    if prompt is None:
+        return None
+    from spul.artifacts import read_manifest
+
+    selection = read_manifest(prompt).get("data", {}).get("selection")
+    return selection if selection and selection.get("data") == data else None
+
+
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(
@@ -154,8 +164,24 @@ def evaluate_cmd(
     from spul.models import load_model
     from spul.pipeline import load_unlearned
 
-    dataset = load_dataset(data, data_dir, limit, seed, label_words, generic_words, regex, keywords, test)
-    report_warnings(dataset)
+    selection = _training_selection(prompt, data)
+    if selection is not None:  # score the train splits on the rows the prompt was trained on
+        _, dataset = _datasets(
+            data,
+            data_dir,
+            selection["limit"],
+            limit,
+            selection["seed"],
+            label_words,
+            generic_words,
+            regex,
+            keywords,
+            test,
+            selection["tau"],
+        )
+    else:
+        dataset = load_dataset(data, data_dir, limit, seed, label_words, generic_words, regex, keywords, test)
+        report_warnings(dataset)
     show = not quiet
     rows: dict[str, dict] = {}
     if prompt is None:
@@ -186,6 +212,7 @@ def evaluate_cmd(
 
 
 def _train_verb(
+    selection: dict,
     method: str,
     model,
     adapter,
@@ -216,6 +243,7 @@ def _train_verb(
         eval_each_epoch=eval_each_epoch,
         resume=resume,
         show_progress=not quiet,
+        selection=selection,
     )
     if not is_main_process():
         return
@@ -298,6 +326,7 @@ def finetune_cmd(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every
     )
     _train_verb(
+        {"data": data, "limit": limit, "tau": 1.0, "seed": seed},
         "finetune",
         model,
         None,
@@ -370,6 +399,7 @@ def unlearn_cmd(
         checkpoint_every=checkpoint_every,
     )
     _train_verb(
+        {"data": data, "limit": limit, "tau": tau, "seed": seed},
         method,
         model,
         adapter,

@@ -46,8 +46,13 @@ def train_artifact(
     resume: bool = False,
     batch_size_eval: int = 32,
     show_progress: bool = True,
+    selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a method on train_retain + train_forget, evaluate, and save the artifact folder atomically."""
+    """Train a method on train_retain + train_forget, evaluate, and save the artifact folder atomically.
+
+    `selection` records how the training rows were chosen (data spec, limit, tau, seed), so that a later
+    evaluation can score the train splits on the rows actually trained on.
+    """
     out = Path(out)
     template = template or Template()
     config = config or TrainConfig()
@@ -99,6 +104,7 @@ def train_artifact(
             "train": data.fingerprint(),
             "forget_sha256": data.train_forget.fingerprint(),
             "eval": eval_data.fingerprint(),
+            "selection": selection,
         },
         "metrics": metrics,
         "trainable_parameters": trainable_parameters(method.trainable()),
