@@ -59,6 +59,11 @@ def test_missing_embedded_package_names_the_install(monkeypatch):
         load_model("smollm2-135m", device="cpu")
 
 
+def test_qlora_on_cpu_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(ModelError, match="needs a CUDA device"):
+        load_model(str(tiny_model_dir), device="cpu", load_in_4bit=True)
+
+
 def test_precision_choice():
     cpu = torch.device("cpu")
     assert choose_precision(cpu, "fp32") == (torch.float32, None)

@@ -40,6 +40,9 @@ SeedOpt = Annotated[int, typer.Option(help="seed for sampling, generic labels an
 BatchOpt = Annotated[int, typer.Option(help="batch size")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA when present)")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")]
+DeviceMapOpt = Annotated[
+    str | None, typer.Option(help="'auto' spreads a model too big for one GPU over all GPUs (accelerate)")
+]
 LabelWordsOpt = Annotated[str, typer.Option(help="comma-separated label words, in label order")]
 GenericWordsOpt = Annotated[str, typer.Option(help="comma-separated generic words for forget targets")]
 RegexOpt = Annotated[str | None, typer.Option(help="forget rule for raw data: rows matching this regex")]
@@ -156,6 +159,7 @@ def evaluate_cmd(
     test: TestOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    device_map: DeviceMapOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Print the four-split ACC / F1 table (Vanilla, fine-tuned and SPUL rows with --prompt)."""
@@ -185,10 +189,12 @@ def evaluate_cmd(
     show = not quiet
     rows: dict[str, dict] = {}
     if prompt is None:
-        lm = load_model(model, adapter=adapter, device=device, precision=precision)
+        lm = load_model(model, adapter=adapter, device=device, precision=precision, device_map=device_map)
         rows[lm.name] = evaluate(lm, dataset, batch_size=batch_size, show_progress=show)
     else:
-        unlearned = load_unlearned(prompt, adapter=adapter, device=device, precision=precision)
+        unlearned = load_unlearned(
+            prompt, adapter=adapter, device=device, precision=precision, device_map=device_map
+        )
         base = unlearned.manifest["base_model"]
         spec, base_adapter = base["spec"], unlearned.lm.adapter
         template = unlearned.template
@@ -198,7 +204,7 @@ def evaluate_cmd(
             rows["Fine-tuned"] = evaluate(
                 finetuned, dataset, template=template, batch_size=batch_size, show_progress=show
             )
-        vanilla = load_model(spec, device=device, precision=precision)
+        vanilla = load_model(spec, device=device, precision=precision, device_map=device_map)
         rows["Vanilla"] = evaluate(
             vanilla, dataset, template=template, batch_size=batch_size, show_progress=show
         )
@@ -226,12 +232,16 @@ def _train_verb(
     device,
     precision,
     quiet,
+    device_map=None,
+    qlora=False,
 ) -> None:
     from spul.metrics import format_table
     from spul.models import is_main_process, load_model
     from spul.pipeline import train_artifact
 
-    lm = load_model(model, adapter=adapter, device=device, precision=precision)
+    lm = load_model(
+        model, adapter=adapter, device=device, precision=precision, device_map=device_map, load_in_4bit=qlora
+    )
     manifest = train_artifact(
         method,
         lm,
@@ -297,6 +307,10 @@ def finetune_cmd(
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha")] = 64,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.1,
     targets: Annotated[str, typer.Option(help="comma-separated module names to adapt")] = "q_proj,v_proj",
+    qlora: Annotated[
+        bool | None,
+        typer.Option(help="4-bit base model (QLoRA); default: on where CUDA and bitsandbytes are"),
+    ] = None,
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
     eval_each_epoch: EvalEachOpt = False,
@@ -308,9 +322,11 @@ def finetune_cmd(
     test: TestOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    device_map: DeviceMapOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Memorisation stage: LoRA fine-tune on train_retain + train_forget (label tokens only)."""
+    from spul.models import qlora_available
     from spul.training import TrainConfig
 
     dataset, eval_data = _datasets(
@@ -340,6 +356,8 @@ def finetune_cmd(
         device,
         precision,
         quiet,
+        device_map,
+        qlora_available() if qlora is None else qlora,
     )
 
 
@@ -375,6 +393,7 @@ def unlearn_cmd(
     test: TestOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    device_map: DeviceMapOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Learn a soft prompt that makes the frozen (fine-tuned) model forget train_forget."""
@@ -413,6 +432,7 @@ def unlearn_cmd(
         device,
         precision,
         quiet,
+        device_map,
     )
 
 
@@ -429,6 +449,7 @@ def predict_cmd(
     batch_size: BatchOpt = 32,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Classify texts with the unlearning prompt applied; prints one JSON object per line."""
     from spul.pipeline import load_unlearned
@@ -444,7 +465,9 @@ def predict_cmd(
     inputs = [t for t in inputs if t.strip()]
     if not inputs:
         raise SpulError("no texts given (pass them as arguments, with --file, or on stdin)")
-    unlearned = load_unlearned(prompt, model=model, adapter=adapter, device=device, precision=precision)
+    unlearned = load_unlearned(
+        prompt, model=model, adapter=adapter, device=device, precision=precision, device_map=device_map
+    )
     for text, result in zip(inputs, unlearned.predict(inputs, batch_size=batch_size), strict=True):
         typer.echo(json.dumps({"text": text} | result, ensure_ascii=False))
 

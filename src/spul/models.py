@@ -198,8 +198,12 @@ def load_model(
     device: str | None = None,
     precision: str = "auto",
     device_map: str | dict | None = None,
+    load_in_4bit: bool = False,
 ) -> LoadedModel:
-    """Load a frozen causal LM (optionally merging a LoRA adapter) ready for scoring and prompt training."""
+    """Load a frozen causal LM (optionally merging a LoRA adapter) ready for scoring and prompt training.
+
+    `load_in_4bit` quantises the weights with bitsandbytes (QLoRA fine-tuning; CUDA only).
+    """
     dev = pick_device(device)
     weight_dtype, autocast_dtype = choose_precision(dev, precision)
     source, gguf_file = resolve_spec(spec)
@@ -207,12 +211,15 @@ def load_model(
     kwargs = {"dtype": weight_dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if load_in_4bit:
+        kwargs["quantization_config"] = four_bit_config(dev, weight_dtype)
+        kwargs.setdefault("device_map", {"": dev.index or 0})
     model = _from_pretrained(AutoModelForCausalLM, source, gguf_file, **kwargs)
     if gguf_file is not None:
         _clear_gguf_marker(model)
     if adapter is not None:
         model = merge_adapter(model, Path(adapter))
-    if device_map is None:
+    if "device_map" not in kwargs:
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
@@ -220,6 +227,26 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model, tokenizer, spec, str(adapter) if adapter else None, dev, autocast_dtype)
+
+
+def qlora_available() -> bool:
+    """True where QLoRA can run: a CUDA device and bitsandbytes installed."""
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def four_bit_config(device: torch.device, compute_dtype: torch.dtype):
+    """bitsandbytes NF4 quantisation (the QLoRA recipe), with a clear error where it cannot run."""
+    if device.type != "cuda":
+        raise ModelError("4-bit loading (QLoRA) needs a CUDA device; use plain LoRA on the CPU")
+    _require("bitsandbytes", "4-bit loading (QLoRA) needs: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:

@@ -176,6 +176,7 @@ def load_unlearned(
     adapter: str | None = None,
     device: str | None = None,
     precision: str = "auto",
+    device_map: str | None = None,
 ) -> Unlearned:
     """Load a saved unlearning prompt over its base model (checked to be the model it was trained on)."""
     folder = Path(prompt)
@@ -190,6 +191,8 @@ def load_unlearned(
         raise SpulError(
             f"{folder} was trained over the adapter {adapter}, which is not there; pass --adapter"
         )
-    lm = load_model(model or base["spec"], adapter=adapter, device=device, precision=precision)
+    lm = load_model(
+        model or base["spec"], adapter=adapter, device=device, precision=precision, device_map=device_map
+    )
     check_base_model(manifest, model_fingerprint(lm.model), folder)
     return Unlearned(lm, folder, manifest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
 from spul.engine import answer_logits
 from spul.methods.base import Method, TrainBatch, TrainItem, register
@@ -34,6 +34,8 @@ class LoraFinetune(Method):
             lora_dropout=lora_dropout,
             target_modules=targets,
         )
+        if getattr(lm.model, "is_loaded_in_4bit", False):  # QLoRA: make the 4-bit model trainable
+            lm.model = prepare_model_for_kbit_training(lm.model, use_gradient_checkpointing=False)
         # LoRA layers are injected into lm.model in place, so lm.model's own forward trains them.
         self.peft = get_peft_model(lm.model, config)
         self.peft.train()
