@@ -89,3 +89,11 @@ def test_bad_limit_is_one_line_error(tmp_path, toy_dir, tiny_model_dir):
     result = invoke("evaluate", "--model", tiny_model_dir, "--data", toy_dir, "--limit", "lots", "-q")
     assert result.exit_code == 2
     assert "--limit 'lots'" in result.output
+
+
+def test_custom_template_and_bad_template(tmp_path, tiny_model_dir, toy_dir):
+    args = ["evaluate", "--model", tiny_model_dir, "--data", toy_dir, "--out", tmp_path, "-q", "--limit", 3]
+    assert invoke(*args, "--template", "Review: {text}\\nSentiment:").exit_code == 0
+    result = invoke(*args, "--template", "Review without placeholder")
+    assert result.exit_code == 2
+    assert "{text}" in result.output

@@ -239,3 +239,32 @@ def test_finetune_adapter_merges_on_load(tmp_path, tiny_model_dir, toy):
     base = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(merged.model.state_dict()[q], base.model.state_dict()[q])
+
+
+def test_first_ctrl_c_checkpoints_and_stops(tmp_path, tiny_lm, toy):
+    """A SIGINT during training is turned into a checkpoint and a clean stop that says how to resume."""
+    import os
+    import signal
+
+    method = make_method(tiny_lm, num_virtual_tokens=2)
+    original = method.loss
+    calls = []
+
+    def loss_then_interrupt(batch):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 2
+        return original(batch)
+
+    method.loss = loss_then_interrupt
+    ckpt = tmp_path / "run.ckpt.pt"
+    with pytest.raises(TrainingInterrupted, match="stopped at step 2/"):
+        train(
+            method,
+            items_of(method, toy),
+            TrainConfig(epochs=2, batch_size=4),
+            checkpoint=ckpt,
+            show_progress=False,
+        )
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

@@ -49,6 +49,18 @@ RegexOpt = Annotated[str | None, typer.Option(help="forget rule for raw data: ro
 KeywordsOpt = Annotated[str | None, typer.Option(help="forget rule for raw data: comma-separated keywords")]
 TestOpt = Annotated[str | None, typer.Option(help="test file, when --data is a raw train file")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+TemplateOpt = Annotated[
+    str | None, typer.Option(help="prompt template with {text}, ending where the label word follows")
+]
+
+
+def make_template(text: str | None):
+    """The paper's template, or the one given (escapes like \\n are honoured)."""
+    from spul.prompting import Template
+
+    if text is None:
+        return Template()
+    return Template(text.encode("utf-8").decode("unicode_escape"))
 
 
 def user_errors(fn):
@@ -160,6 +172,7 @@ def evaluate_cmd(
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     device_map: DeviceMapOpt = None,
+    template: TemplateOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Print the four-split ACC / F1 table (Vanilla, fine-tuned and SPUL rows with --prompt)."""
@@ -190,7 +203,9 @@ def evaluate_cmd(
     rows: dict[str, dict] = {}
     if prompt is None:
         lm = load_model(model, adapter=adapter, device=device, precision=precision, device_map=device_map)
-        rows[lm.name] = evaluate(lm, dataset, batch_size=batch_size, show_progress=show)
+        rows[lm.name] = evaluate(
+            lm, dataset, template=make_template(template), batch_size=batch_size, show_progress=show
+        )
     else:
         unlearned = load_unlearned(
             prompt, adapter=adapter, device=device, precision=precision, device_map=device_map
@@ -218,22 +233,24 @@ def evaluate_cmd(
 
 
 def _train_verb(
-    selection: dict,
     method: str,
-    model,
-    adapter,
+    *,
+    selection: dict,
+    model: str,
+    adapter: str | None,
     dataset,
     eval_data,
-    out,
-    options,
+    out: Path,
+    options: dict,
     config,
-    resume,
-    eval_each_epoch,
-    device,
-    precision,
-    quiet,
-    device_map=None,
-    qlora=False,
+    resume: bool,
+    eval_each_epoch: bool,
+    template: str | None,
+    device: str | None,
+    precision: str,
+    device_map: str | None,
+    quiet: bool,
+    qlora: bool = False,
 ) -> None:
     from spul.metrics import format_table
     from spul.models import is_main_process, load_model
@@ -247,6 +264,7 @@ def _train_verb(
         lm,
         dataset,
         out,
+        template=make_template(template),
         method_options=options,
         config=config,
         eval_data=eval_data,
@@ -323,6 +341,7 @@ def finetune_cmd(
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     device_map: DeviceMapOpt = None,
+    template: TemplateOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Memorisation stage: LoRA fine-tune on train_retain + train_forget (label tokens only)."""
@@ -342,22 +361,23 @@ def finetune_cmd(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every
     )
     _train_verb(
-        {"data": data, "limit": limit, "tau": 1.0, "seed": seed},
         "finetune",
-        model,
-        None,
-        dataset,
-        eval_data,
-        out,
-        options,
-        config,
-        resume,
-        eval_each_epoch,
-        device,
-        precision,
-        quiet,
-        device_map,
-        qlora_available() if qlora is None else qlora,
+        selection={"data": data, "limit": limit, "tau": 1.0, "seed": seed},
+        model=model,
+        adapter=None,
+        dataset=dataset,
+        eval_data=eval_data,
+        out=out,
+        options=options,
+        config=config,
+        resume=resume,
+        eval_each_epoch=eval_each_epoch,
+        device=device,
+        precision=precision,
+        quiet=quiet,
+        device_map=device_map,
+        template=template,
+        qlora=qlora_available() if qlora is None else qlora,
     )
 
 
@@ -394,6 +414,7 @@ def unlearn_cmd(
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     device_map: DeviceMapOpt = None,
+    template: TemplateOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Learn a soft prompt that makes the frozen (fine-tuned) model forget train_forget."""
@@ -418,21 +439,22 @@ def unlearn_cmd(
         checkpoint_every=checkpoint_every,
     )
     _train_verb(
-        {"data": data, "limit": limit, "tau": tau, "seed": seed},
         method,
-        model,
-        adapter,
-        dataset,
-        eval_data,
-        out,
-        options,
-        config,
-        resume,
-        eval_each_epoch,
-        device,
-        precision,
-        quiet,
-        device_map,
+        selection={"data": data, "limit": limit, "tau": tau, "seed": seed},
+        model=model,
+        adapter=adapter,
+        dataset=dataset,
+        eval_data=eval_data,
+        out=out,
+        options=options,
+        config=config,
+        resume=resume,
+        eval_each_epoch=eval_each_epoch,
+        device=device,
+        precision=precision,
+        quiet=quiet,
+        device_map=device_map,
+        template=template,
     )
 
 
