@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from spul.models import LoadedModel
 from spul.progress import progress_bar
@@ -22,22 +22,82 @@ def _takes_logits_to_keep(model: PreTrainedModel) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def answer_logits(model: PreTrainedModel, batch: Batch, prefix: torch.Tensor | None = None) -> torch.Tensor:
+def _cache_argument(model: PreTrainedModel) -> str:
+    # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+
+
+@dataclass
+class PrefixKV:
+    """The soft prompt's key/value states in every layer, computed once and shared by a whole batch.
+
+    Attention is causal, so the prompt's states do not depend on the text after it: one forward of the
+    prompt alone replaces p extra positions in every row. Gradients flow back into the prompt.
+    """
+
+    keys: list[torch.Tensor]  # per layer [1, kv_heads, p, head_dim]
+    values: list[torch.Tensor]
+    length: int
+
+    def expand(self, model: PreTrainedModel, batch_size: int) -> DynamicCache:
+        """A fresh cache holding the prompt states for `batch_size` rows (views, no copies)."""
+        cache = DynamicCache(config=model.config)
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            cache.update(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1), layer)
+        return cache
+
+
+def prefix_kv(model: PreTrainedModel, prefix: torch.Tensor) -> PrefixKV | None:
+    """Run the prompt alone once; None where the cache cannot be shared (then the prompt is concatenated)."""
+    embeds = prefix.unsqueeze(0).to(model.get_input_embeddings().weight.dtype)
+    kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    cache = _returned_cache(model(inputs_embeds=embeds, use_cache=True, **kwargs))
+    layers = getattr(cache, "layers", None)
+    if not SHARE_PREFIX or layers is None or not all(hasattr(x, "keys") for x in layers):
+        return None
+    return PrefixKV([x.keys for x in layers], [x.values for x in layers], prefix.shape[0])
+
+
+SHARE_PREFIX = True  # tests switch it off to compare with the plain concatenation
+
+
+def answer_logits(
+    model: PreTrainedModel, batch: Batch, prefix: torch.Tensor | PrefixKV | None = None
+) -> torch.Tensor:
     """Logits [B, L, vocab] at the last L positions of a left-padded batch, optionally after a soft prompt.
 
     The soft prompt goes in front of the padding ([prompt][pad..][tokens]); the padding is masked and the
-    position ids skip it, so every text sees the same prompt right before it.
+    position ids skip it, so every text sees the same prompt right before it. A prompt given as embeddings
+    is turned into shared key/value states (`PrefixKV`) when the model allows, else concatenated.
     """
     answer_width = batch.targets.shape[1]
-    embeds = model.get_input_embeddings()(batch.input_ids)
+    kwargs = {"logits_to_keep": answer_width} if _takes_logits_to_keep(model) else {}
+    if isinstance(prefix, torch.Tensor) and SHARE_PREFIX:
+        prefix = prefix_kv(model, prefix) or prefix
     mask = batch.attention_mask
+    if isinstance(prefix, PrefixKV):
+        mask = torch.cat([mask.new_ones(mask.shape[0], prefix.length), mask], dim=1)
+        position_ids = (mask.cumsum(-1) - 1)[:, prefix.length :]
+        kwargs[_cache_argument(model)] = prefix.expand(model, mask.shape[0])
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **kwargs,
+        )
+        return out.logits[:, -answer_width:].float()
+    embeds = model.get_input_embeddings()(batch.input_ids)
     if prefix is not None:
         if prefix.dim() == 2:
             prefix = prefix.unsqueeze(0).expand(embeds.shape[0], -1, -1)
         embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
         mask = torch.cat([mask.new_ones(mask.shape[0], prefix.shape[1]), mask], dim=1)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"logits_to_keep": answer_width} if _takes_logits_to_keep(model) else {}
     out = model(
         inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
     )
@@ -81,8 +141,12 @@ def score(
     if n == 0:
         return Scores(predicted, logprobs, np.zeros(0))
     prompts = encoder.encode(texts)
-    with lm.autocast():
-        prefix = prefix_fn() if prefix_fn is not None else None
+    prefix = None
+    if prefix_fn is not None:
+        with lm.autocast():
+            prefix = prefix_fn()
+            # the prompt is the same for every batch: its key/value states are computed once per call
+            prefix = (prefix_kv(lm.model, prefix) if SHARE_PREFIX else None) or prefix
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
     with progress_bar(description, total=n, enabled=show_progress) as advance:
         for index in batches:
