@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
-import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from platformdirs import user_cache_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from spul.errors import ModelError
+from spul.io import write_folder_atomic
 
 DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_MODELS = {
@@ -132,19 +131,14 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
 def dense_copy(spec: str) -> Path:
     """The cached dense safetensors copy of an embedded model, made on first use (atomically)."""
     target = cache_dir() / spec
-    if (target / "config.json").is_file():
-        return target
-    model, tokenizer = _load_gguf(embedded_gguf(spec), torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():  # another process may have won the race
-            raise
+    if not (target / "config.json").is_file():
+        model, tokenizer = _load_gguf(embedded_gguf(spec), torch.float32)
+
+        def fill(folder: Path) -> None:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        write_folder_atomic(target, fill)
     return target
 
 
