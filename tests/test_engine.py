@@ -112,3 +112,22 @@ def test_encoder_truncates_text_but_keeps_question(tiny_lm):
     (ids,) = encoder.encode([long_text])
     assert len(ids) == 40
     assert tiny_lm.tokenizer.decode(ids).endswith("### Sentiment:")
+
+
+def test_shared_prefix_states_equal_concatenated_prompt(tiny_lm, monkeypatch):
+    """The prompt's key/value states computed once per batch give the logits and gradients of concatenation."""
+    import spul.engine as engine
+
+    template = Template()
+    encoder = Encoder(tiny_lm.tokenizer, template)
+    batch = encoder.batch(encoder.encode(TEXTS), [(5, 6)] * len(TEXTS), list(range(len(TEXTS))))
+    results = []
+    for share in (True, False):
+        monkeypatch.setattr(engine, "SHARE_PREFIX", share)
+        prefix = torch.randn(6, tiny_lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        prefix.requires_grad_(True)
+        logits = engine.answer_logits(tiny_lm.model, batch, prefix)
+        logits.logsumexp(-1).sum().backward()
+        results.append((logits.detach(), prefix.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
