@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export SPUL_DATA_DIR=${SPUL_DATA_DIR:-../shared/data}
 OUT=${OUT:-runs/demo}
-TRAIN="train_retain=${DEMO_RETAIN:-400},train_forget=${DEMO_FORGET:-200}"
+TRAIN="train_retain=${DEMO_RETAIN:-300},train_forget=${DEMO_FORGET:-200}"
 EVAL="train_retain=200,train_forget=200,test_retain=200,test_forget=200"
 spul finetune --data sst2-paper --limit "$TRAIN" --eval-limit "$EVAL" --epochs 2 --lr 3e-4 --batch-size 16 \
   --out "$OUT/finetuned"
 spul unlearn --adapter "$OUT/finetuned" --data sst2-paper --limit "$TRAIN" --eval-limit "$EVAL" \
-  --epochs 3 --lr 3e-3 --max-grad-norm 1.0 --batch-size 16 --alpha 1 --beta 0.5 --out "$OUT/prompt"
+  --epochs 3 --lr 2e-3 --max-grad-norm 1.0 --batch-size 16 --alpha 1 --beta 0.5 --out "$OUT/prompt"
 spul evaluate --prompt "$OUT/prompt" --data sst2-paper --limit "$EVAL" --out "$OUT/table"
