@@ -115,7 +115,7 @@ def test_encoder_truncates_text_but_keeps_question(tiny_lm):
 
 
 def test_shared_prefix_states_equal_concatenated_prompt(tiny_lm, monkeypatch):
-    """The prompt's key/value states computed once per batch give the logits and gradients of concatenation."""
+    """Prompt key/value states computed once per batch give the logits and gradients of concatenation."""
     import spul.engine as engine
 
     template = Template()
