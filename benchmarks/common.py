@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,9 +69,15 @@ def _bench_tokenizer():
         return make_tokenizer()
 
 
-def bench_texts(n: int, data_dir: str | None) -> tuple[list[str], list[int]]:
-    """SST-2 test-retain rows when the shared data is there, else synthetic ~40-word sentences."""
+def bench_texts(n: int, data_dir: str | None, kind: str = "sst2") -> tuple[list[str], list[int]]:
+    """SST-2 test-retain rows (or IMDB reviews, `kind="imdb"`) when the shared data is there, else synthetic
+    ~40-word sentences."""
     folder = Path(data_dir or os.environ.get("SPUL_DATA_DIR", "../shared/data"))
+    if kind == "imdb":
+        import pandas as pd
+
+        frame = pd.read_csv(folder / "imdb" / "test.csv.gz").sample(n=n, random_state=0)
+        return frame["text"].tolist(), frame["label"].astype(int).tolist()
     if (folder / "sst2" / "spul_v3").is_dir():
         from spul.data import load_data
 
@@ -91,16 +100,79 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def alternate(
-    candidates: dict[str, Callable[[], object]], rounds: int, device: torch.device
+    candidates: dict[str, Callable[[], object]],
+    rounds: int,
+    device: torch.device,
+    memory: PeakMemory | None = None,
 ) -> dict[str, float]:
-    """Median seconds of each candidate, run alternately (A B A B ...) after one warm-up call each."""
-    for fn in candidates.values():
-        fn()
+    """Median seconds of each candidate, run alternately (A B A B ...) after one warm-up call each
+    (the warm-up call of each is where `memory` records its peak)."""
+    for name, fn in candidates.items():
+        if memory is None:
+            fn()
+        else:
+            with memory.track(name):
+                fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
             times[name].append(timed(fn, device))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory a candidate adds while it runs: CUDA's allocator peak, or the process RSS on a CPU
+    (sampled every 2 ms by a thread; torch kernels release the GIL, so the sampler keeps running)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._peaks: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def track(self, name: str):
+        """Record the peak above the memory in use when the block starts."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
+            yield
+            torch.cuda.synchronize()
+            self._peaks[name] = (torch.cuda.max_memory_allocated() - start) / 2**30
+            return
+        start, peak, done = _rss_bytes(), [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss_bytes())
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield
+        finally:
+            done.set()
+            sampler.join()
+            self._peaks[name] = (max(peak[0], _rss_bytes()) - start) / 2**30
+
+    def peaks(self) -> dict[str, float]:
+        """GiB added at peak, per candidate."""
+        return {name: round(v, 3) for name, v in self._peaks.items()}
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Measured FLOP/s of a large square matmul in the given dtype: the machine's practical peak."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
+    return 2 * size**3 * repeats / seconds
 
 
 def machine() -> dict[str, object]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded SmolLM2-135M (about 10 minutes on 2 CPU cores): install, then
+# The main job on the embedded SmolLM2-135M (about 12 minutes on 2 CPU cores): install, then
 # fine-tune (memorise) -> unlearn with SPUL -> the Vanilla / Fine-tuned / SPUL table on the paper's SST-2 splits.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -131,3 +131,30 @@ def test_shared_prefix_states_equal_concatenated_prompt(tiny_lm, monkeypatch):
         results.append((logits.detach(), prefix.grad))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
+
+
+def test_prompt_states_built_once_serve_every_call(tiny_lm, monkeypatch):
+    """Inference reuses one precomputed prompt cache: each call equals concatenating the prompt anew."""
+    import spul.engine as engine
+
+    template = Template()
+    encoder = Encoder(tiny_lm.tokenizer, template)
+    verbalizer = Verbalizer.build(tiny_lm.tokenizer, ("negative", "positive"), template)
+    prefix = torch.randn(5, tiny_lm.model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        states = engine.prefix_kv(tiny_lm.model, prefix)
+    assert states is not None
+    kept = [k.clone() for k in states.keys]
+    calls = [
+        score(
+            tiny_lm, encoder, verbalizer, TEXTS[i:], LABELS[i:], show_progress=False, prefix_fn=lambda: states
+        )
+        for i in (0, 1, 0)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(kept, states.keys, strict=True))  # never written to
+    monkeypatch.setattr(engine, "SHARE_PREFIX", False)
+    plain = score(tiny_lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False, prefix_fn=lambda: prefix)
+    np.testing.assert_allclose(calls[0].logprobs, plain.logprobs, atol=1e-5)
+    np.testing.assert_allclose(calls[1].logprobs, plain.logprobs[1:], atol=1e-5)
+    np.testing.assert_array_equal(calls[0].logprobs, calls[2].logprobs)
+    np.testing.assert_array_equal(calls[0].predicted, plain.predicted)

@@ -15,7 +15,7 @@ from spul.progress import progress_bar
 from spul.prompting import Batch, Encoder, Verbalizer, length_sorted_batches
 
 OTHER = -1  # predicted answer that is no label word
-PrefixFn = Callable[[], torch.Tensor]  # returns the soft prompt embeddings, [p, hidden]
+PrefixFn = Callable[[], "torch.Tensor | PrefixKV"]  # the soft prompt: embeddings [p, hidden] or its states
 
 
 def _takes_logits_to_keep(model: PreTrainedModel) -> bool:
@@ -145,8 +145,9 @@ def score(
     if prefix_fn is not None:
         with lm.autocast():
             prefix = prefix_fn()
-            # the prompt is the same for every batch: its key/value states are computed once per call
-            prefix = (prefix_kv(lm.model, prefix) if SHARE_PREFIX else None) or prefix
+            if isinstance(prefix, torch.Tensor) and SHARE_PREFIX:
+                # the prompt is the same for every batch: its key/value states are computed once per call
+                prefix = prefix_kv(lm.model, prefix) or prefix
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
     with progress_bar(description, total=n, enabled=show_progress) as advance:
         for index in batches:

@@ -17,12 +17,13 @@ from spul.artifacts import (
     trainable_parameters,
 )
 from spul.data.splits import UnlearningData
-from spul.engine import score
+from spul.engine import PrefixKV, prefix_kv, score
 from spul.errors import SpulError
 from spul.evaluation import evaluate
-from spul.methods import get_method
+from spul.methods import ARTIFACT_KINDS, get_method
+from spul.methods.icul import load_context_encoder
 from spul.methods.spul import load_prompt_encoder
-from spul.models import LoadedModel, is_main_process, load_model
+from spul.models import LoadedModel, is_main_process, load_model, merge_adapter
 from spul.prompting import Encoder, Template, Verbalizer
 from spul.training import TrainConfig, train
 
@@ -61,7 +62,12 @@ def train_artifact(
     generic = Verbalizer.build(lm.tokenizer, data.generic_words, template)
     base_fingerprint = model_fingerprint(lm.model)
     torch.manual_seed(config.seed)
-    method = get_method(method_name)(lm, encoder, verbalizer, generic, **(method_options or {}))
+    method_class = get_method(method_name)
+    unknown = sorted(set(method_options or {}) - method_class.option_names())
+    if unknown:
+        known = ", ".join(sorted(method_class.option_names())) or "none"
+        raise SpulError(f"method {method_name!r} has no option {', '.join(unknown)} (its options: {known})")
+    method = method_class(lm, encoder, verbalizer, generic, **(method_options or {}))
     forget, retain = data.train_forget, data.train_retain
     items = method.items(
         retain.texts + forget.texts,
@@ -77,6 +83,7 @@ def train_artifact(
             eval_data,
             template=template,
             prefix_fn=method.prefix_fn(),
+            encoder=method.inference_encoder(),
             batch_size=batch_size_eval,
             show_progress=show_progress,
         )
@@ -121,23 +128,43 @@ def train_artifact(
 
 
 class Unlearned:
-    """A frozen model with its unlearning prompt always applied: `.predict(texts)`, `.evaluate(data)`."""
+    """An unlearned model ready to use: `.predict(texts)`, `.evaluate(data)`.
 
-    def __init__(self, lm: LoadedModel, folder: Path, manifest: dict[str, Any]):
+    Whatever the artifact kind: a soft prompt always applied over the base model ("prompt"), an adapter
+    merged into it ("adapter"), the unlearned weights themselves ("weights"), or demonstrations put before
+    every query ("context"). `lm` is the model that answers; `base_adapter` the fine-tuned base's adapter.
+    """
+
+    def __init__(
+        self, lm: LoadedModel, folder: Path, manifest: dict[str, Any], base_adapter: str | None = None
+    ):
         self.lm = lm
         self.folder = folder
         self.manifest = manifest
+        self.kind = manifest.get("kind")
+        self.base_adapter = base_adapter if base_adapter is not None else lm.adapter
         self.template = Template(**manifest["template"])
         self.encoder = Encoder(lm.tokenizer, self.template)
         self.verbalizer = Verbalizer.build(lm.tokenizer, manifest["label_words"], self.template)
+        self.prompt: torch.Tensor | None = None
+        self.prompt_states: PrefixKV | None = None
+        if self.kind == "context":
+            self.encoder = load_context_encoder(lm, folder, self.template, self.verbalizer)
+        if self.kind != "prompt":
+            return
         peft = load_prompt_encoder(lm, folder)
-        with torch.no_grad():
-            # The prompt is fixed at inference: compute its embeddings once, not per query.
+        with torch.no_grad(), lm.autocast():
+            # The prompt is fixed at inference: its embeddings and its key/value states in every layer
+            # are computed once here and reused by every query (None where the model cannot share them).
             self.prompt = peft.get_prompt(batch_size=1)[0].detach()
+            self.prompt_states = prefix_kv(lm.model, self.prompt)
 
-    def prefix_fn(self) -> torch.Tensor:
-        """The fixed soft prompt embeddings."""
-        return self.prompt
+    def prefix_fn(self) -> torch.Tensor | PrefixKV | None:
+        """The fixed soft prompt: its precomputed key/value states, else its embeddings (None: no prompt)."""
+        return self.prompt_states or self.prompt
+
+    def _prefix(self):
+        return self.prefix_fn if self.prompt is not None else None
 
     def predict(
         self, texts: list[str], batch_size: int = 32, show_progress: bool = False
@@ -150,7 +177,7 @@ class Unlearned:
             texts,
             [0] * len(texts),
             batch_size=batch_size,
-            prefix_fn=self.prefix_fn,
+            prefix_fn=self._prefix(),
             show_progress=show_progress,
         )
         probs = np.exp(scores.logprobs - scores.logprobs.max(1, keepdims=True))
@@ -165,8 +192,10 @@ class Unlearned:
         ]
 
     def evaluate(self, data: UnlearningData, **kwargs: Any) -> dict[str, dict[str, float]]:
-        """The four-split table of the prompted model."""
-        return evaluate(self.lm, data, template=self.template, prefix_fn=self.prefix_fn, **kwargs)
+        """The four-split table of the unlearned model."""
+        return evaluate(
+            self.lm, data, template=self.template, prefix_fn=self._prefix(), encoder=self.encoder, **kwargs
+        )
 
 
 def load_unlearned(
@@ -178,21 +207,28 @@ def load_unlearned(
     precision: str = "auto",
     device_map: str | None = None,
 ) -> Unlearned:
-    """Load a saved unlearning prompt over its base model (checked to be the model it was trained on)."""
+    """Load a saved unlearning artifact of any kind (a prompt, adapter or context over its base model,
+    checked to be the model it was trained on, or the unlearned weights themselves)."""
     folder = Path(prompt)
     manifest = read_manifest(folder)
-    if manifest.get("kind") != "prompt":
-        raise SpulError(
-            f"{folder} holds a {manifest.get('kind')} ({manifest.get('method')}), not a soft prompt"
-        )
+    kind = manifest.get("kind")
+    if kind not in ARTIFACT_KINDS:
+        raise SpulError(f"{folder}: unknown artifact kind {kind!r} (known: {', '.join(ARTIFACT_KINDS)})")
     base = manifest["base_model"]
-    adapter = adapter if adapter is not None else base.get("adapter")
-    if adapter is not None and not Path(adapter).is_dir():
+    base_adapter = adapter if adapter is not None else base.get("adapter")
+    if kind == "weights":  # a whole model folder: no base model to load or check
+        if model is not None or adapter is not None:
+            raise SpulError(f"{folder} holds the whole unlearned model; --model and --adapter do not apply")
+        lm = load_model(str(folder), device=device, precision=precision, device_map=device_map)
+        return Unlearned(lm, folder, manifest, base_adapter=base_adapter)
+    if base_adapter is not None and not Path(base_adapter).is_dir():
         raise SpulError(
-            f"{folder} was trained over the adapter {adapter}, which is not there; pass --adapter"
+            f"{folder} was trained over the adapter {base_adapter}, which is not there; pass --adapter"
         )
     lm = load_model(
-        model or base["spec"], adapter=adapter, device=device, precision=precision, device_map=device_map
+        model or base["spec"], adapter=base_adapter, device=device, precision=precision, device_map=device_map
     )
     check_base_model(manifest, model_fingerprint(lm.model), folder)
+    if kind == "adapter":
+        lm.model = merge_adapter(lm.model, folder).eval()
     return Unlearned(lm, folder, manifest)
