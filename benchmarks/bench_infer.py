@@ -6,6 +6,7 @@
 Candidates, run alternately in one process on the same texts:
 - unprompted: the frozen model alone (what the prompt is measured against);
 - prompted: spul's serving path, the prompt's key/value states built once at load time and reused;
+(all three with the frozen Linear weights cast once to the autocast dtype, as `load_unlearned` does)
 - prompted_concat: the standard way, the p prompt embeddings concatenated in front of every query.
 """
 
@@ -20,6 +21,7 @@ import torch
 from common import bench_texts, load_bench_model, machine, report
 
 from spul.engine import prefix_kv, score
+from spul.models import cast_frozen_linears
 from spul.prompting import Encoder, Template, Verbalizer
 
 
@@ -57,6 +59,8 @@ def main() -> None:
         start = time.perf_counter()
         states = prefix_kv(lm.model, embeds)  # once, at load time
         build_ms = (time.perf_counter() - start) * 1000
+    if lm.autocast_dtype is not None and not args.prompt:
+        cast_frozen_linears(lm.model, lm.autocast_dtype)  # as `load_unlearned` does for serving
     encoder = Encoder(lm.tokenizer, template)
     verbalizer = Verbalizer.build(lm.tokenizer, ("negative", "positive"), template)
     texts, labels = bench_texts(max(args.rows, args.queries), args.data_dir)

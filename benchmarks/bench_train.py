@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import json
+import subprocess
+import sys
 import tempfile
 
 import torch
@@ -32,8 +36,13 @@ def standard_trainer(method, reference, texts, items, is_forget, args, bf16: boo
 
     tokenizer = method.lm.tokenizer
     template = method.encoder.template
+    limit = method.encoder.max_length  # long reviews: the same token budget as spul's encoder
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, truncation=True, max_length=limit).input_ids
+
     rows = [
-        {"input_ids": tokenizer(template.render(t)).input_ids, "target": it.answer[0], "is_forget": f}
+        {"input_ids": ids(template.render(t)), "target": it.answer[0], "is_forget": f}
         for t, it, f in zip(texts, items, is_forget, strict=True)
     ]
 
@@ -65,7 +74,7 @@ def standard_trainer(method, reference, texts, items, is_forget, args, bf16: boo
         learning_rate=1e-3,
         weight_decay=0.001,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.1,
+        warmup_steps=0.1,  # a float below 1 is a ratio of the total steps
         max_grad_norm=1.0,
         bf16=bf16,
         save_strategy="no",
@@ -78,6 +87,13 @@ def standard_trainer(method, reference, texts, items, is_forget, args, bf16: boo
         seed=0,
     )
     return SpulLossTrainer(model=method.peft, args=training_args, train_dataset=rows, data_collator=collate)
+
+
+def peak_memory(name: str) -> float:
+    """Peak memory one candidate adds (model copy included), measured in a fresh process."""
+    command = [sys.executable, __file__, *sys.argv[1:], "--only", name]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])[name]
 
 
 def main() -> None:
@@ -97,6 +113,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--skip-standard", action="store_true", help="only time spul (no second model copy)")
     parser.add_argument("--out")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: one candidate's peak memory
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -115,17 +132,26 @@ def main() -> None:
     def spul_run() -> None:
         train(method, items, config, show_progress=False)
 
-    candidates = {"spul": spul_run}
+    @functools.cache
+    def reference_model():
+        return copy.deepcopy(lm.model)  # what the paper's code does for the KL term (one, shared)
+
+    def standard(bf16: bool):
+        return standard_trainer(method, reference_model(), texts, items, is_forget, args, bf16).train
+
+    builders = {"spul": lambda: spul_run}
     if not args.skip_standard:
-        reference = copy.deepcopy(lm.model)  # what the paper's code does for the KL term
-        variants = {"standard_fp32": False}
+        builders["standard_fp32"] = lambda: standard(False)
         if lm.autocast_dtype == torch.bfloat16 or lm.device.type == "cuda":
-            variants["standard_bf16"] = True
-        for name, bf16 in variants.items():
-            trainer = standard_trainer(method, reference, texts, items, is_forget, args, bf16)
-            candidates[name] = trainer.train
-    memory = PeakMemory(lm.device)
-    seconds = alternate(candidates, args.rounds, lm.device, memory)
+            builders["standard_bf16"] = lambda: standard(True)
+    if args.only:  # a fresh process per candidate, so none inherits another's allocations
+        memory = PeakMemory(lm.device)
+        with memory.track(args.only):
+            builders[args.only]()()
+        print(json.dumps(memory.peaks()))
+        return
+    candidates = {name: build() for name, build in builders.items()}
+    seconds = alternate(candidates, args.rounds, lm.device)
     rates = {name: round(n / s, 2) for name, s in seconds.items()}
     tokens = sum(len(it.prompt) + 1 for it in items) / n
     params = sum(p.numel() for p in lm.model.parameters())
@@ -143,7 +169,7 @@ def main() -> None:
         "p": args.p,
         "precision": str(lm.autocast_dtype or next(lm.model.parameters()).dtype),
         "examples_per_s": rates,
-        "peak_memory_gb": memory.peaks(),
+        "peak_memory_gb": {name: peak_memory(name) for name in candidates},
         "spul_mfu": round(rates["spul"] * flops_per_example / peak_flops, 4),
         "matmul_tflops": round(peak_flops / 1e12, 3),
         "machine": machine(),

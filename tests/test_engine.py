@@ -158,3 +158,25 @@ def test_prompt_states_built_once_serve_every_call(tiny_lm, monkeypatch):
     np.testing.assert_allclose(calls[1].logprobs, plain.logprobs[1:], atol=1e-5)
     np.testing.assert_array_equal(calls[0].logprobs, calls[2].logprobs)
     np.testing.assert_array_equal(calls[0].predicted, plain.predicted)
+
+
+def test_frozen_linears_cast_once_give_autocast_results():
+    """Casting frozen Linear weights to bf16 once equals autocast casting them at every call."""
+    from dataclasses import replace
+
+    from conftest import make_tiny_lm
+
+    from spul.models import cast_frozen_linears
+
+    lm = replace(make_tiny_lm(), autocast_dtype=torch.bfloat16)
+    template = Template()
+    encoder = Encoder(lm.tokenizer, template)
+    verbalizer = Verbalizer.build(lm.tokenizer, ("negative", "positive"), template)
+    before = score(lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False)
+    embedding = lm.model.get_input_embeddings().weight
+    assert cast_frozen_linears(lm.model, torch.bfloat16) > 0
+    assert lm.model.get_input_embeddings().weight.dtype == torch.float32  # the tied embedding stays
+    assert lm.model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert embedding is lm.model.get_input_embeddings().weight
+    after = score(lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False)
+    np.testing.assert_array_equal(before.logprobs, after.logprobs)

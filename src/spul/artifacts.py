@@ -74,3 +74,13 @@ def check_base_model(manifest: dict[str, Any], fingerprint: str, folder: str | P
             f"{folder} was trained on model {base['spec']!r} (adapter {base.get('adapter')!r}), "
             "but the model loaded now has different weights; pass the same --model and --adapter"
         )
+
+
+def artifact_fingerprint(folder: str | Path) -> str:
+    """sha256 over a saved artifact's files (names and bytes), short: which prompt exactly is in use."""
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:32]

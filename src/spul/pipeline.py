@@ -23,7 +23,7 @@ from spul.evaluation import evaluate
 from spul.methods import ARTIFACT_KINDS, get_method
 from spul.methods.icul import load_context_encoder
 from spul.methods.spul import load_prompt_encoder
-from spul.models import LoadedModel, is_main_process, load_model, merge_adapter
+from spul.models import LoadedModel, cast_frozen_linears, is_main_process, load_model, merge_adapter
 from spul.prompting import Encoder, Template, Verbalizer
 from spul.training import TrainConfig, train
 
@@ -48,11 +48,13 @@ def train_artifact(
     batch_size_eval: int = 32,
     show_progress: bool = True,
     selection: dict[str, Any] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a method on train_retain + train_forget, evaluate, and save the artifact folder atomically.
 
     `selection` records how the training rows were chosen (data spec, limit, tau, seed), so that a later
-    evaluation can score the train splits on the rows actually trained on.
+    evaluation can score the train splits on the rows actually trained on. `extra_manifest` adds keys to
+    spul.json (e.g. `requests`: the deletion requests the artifact covers).
     """
     out = Path(out)
     template = template or Template()
@@ -120,7 +122,7 @@ def train_artifact(
         "best_epoch": result.best_epoch,
         "epoch_evals": result.epoch_evals,
         "history": result.history,
-    }
+    } | (extra_manifest or {})
     if is_main_process():
         save_artifact(out, method.save, manifest)
         ckpt.unlink(missing_ok=True)
@@ -158,6 +160,9 @@ class Unlearned:
             # are computed once here and reused by every query (None where the model cannot share them).
             self.prompt = peft.get_prompt(batch_size=1)[0].detach()
             self.prompt_states = prefix_kv(lm.model, self.prompt)
+        if lm.autocast_dtype is not None:
+            # serving only reads the frozen weights: cast them once instead of at every query
+            cast_frozen_linears(lm.model, lm.autocast_dtype)
 
     def prefix_fn(self) -> torch.Tensor | PrefixKV | None:
         """The fixed soft prompt: its precomputed key/value states, else its embeddings (None: no prompt)."""

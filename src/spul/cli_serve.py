@@ -1,0 +1,198 @@
+"""`spul serve` (the HTTP service) and `spul requests ...` (the deletion-request ledger)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# Defined before importing spul.cli, which registers it as `spul requests` (so either module may load first).
+requests_app = typer.Typer(
+    help="The deletion-request ledger: add requests, list them, show one.", no_args_is_help=True
+)
+
+from spul.cli import (  # noqa: E402
+    AdapterOpt,
+    DeviceOpt,
+    PrecisionOpt,
+    console,
+    report_warnings,
+    user_errors,
+    words,
+)
+from spul.errors import SpulError  # noqa: E402
+
+LedgerOpt = Annotated[Path, typer.Option(help="the ledger file (JSON; created by the first `add`)")]
+DEFAULT_LEDGER = Path("runs/ledger.json")
+
+
+@user_errors
+def serve_cmd(
+    prompt: Annotated[str, typer.Option(help="saved unlearning prompt folder")] = "runs/prompt",
+    model: Annotated[str | None, typer.Option(help="override the base model recorded in the prompt")] = None,
+    adapter: AdapterOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind")] = 8000,
+    token_file: Annotated[
+        Path | None, typer.Option(help="file holding the API token (default: $SPUL_API_TOKEN)")
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="no authentication (loopback only, local use)")
+    ] = False,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body (else 413)")] = 1_000_000,
+    max_texts: Annotated[int, typer.Option(help="most texts per request (else 422)")] = 64,
+    max_text_chars: Annotated[int, typer.Option(help="longest text in characters (else 422)")] = 5_000,
+    max_batch: Annotated[int, typer.Option(help="most texts per model batch")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="how long a batch waits for more requests")] = 5.0,
+    graceful_timeout: Annotated[
+        float, typer.Option(help="seconds to finish in-flight requests on shutdown")
+    ] = 30.0,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """HTTP service: POST /v1/classify, the unlearning prompt applied to every request (SIGHUP reloads it)."""
+    from spul.serve.server import run_server
+
+    for name, value in (
+        ("max-texts", max_texts),
+        ("max-text-chars", max_text_chars),
+        ("max-batch", max_batch),
+        ("max-body-bytes", max_body_bytes),
+    ):
+        if value < 1:
+            raise SpulError(f"--{name} must be at least 1, got {value}")
+    run_server(
+        prompt,
+        model=model,
+        adapter=adapter,
+        device=device,
+        precision=precision,
+        host=host,
+        port=port,
+        token_file=token_file,
+        insecure_no_auth=insecure_no_auth,
+        max_body_bytes=max_body_bytes,
+        max_texts=max_texts,
+        max_text_chars=max_text_chars,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        graceful_timeout=graceful_timeout,
+        log_level=log_level,
+    )
+
+
+@requests_app.command("add")
+@user_errors
+def add_cmd(
+    ledger: LedgerOpt = DEFAULT_LEDGER,
+    file: Annotated[
+        Path | None, typer.Option(help="texts to forget, one per line (stored as sha256)")
+    ] = None,
+    text: Annotated[
+        list[str] | None, typer.Option(help="a text to forget (repeatable; stored as sha256)")
+    ] = None,
+    regex: Annotated[str | None, typer.Option(help="forget rows in which this regex matches")] = None,
+    keywords: Annotated[
+        str | None, typer.Option(help="forget rows with any of these comma-separated words")
+    ] = None,
+    note: Annotated[
+        str | None, typer.Option(help="free note, e.g. a ticket number (no personal data)")
+    ] = None,
+) -> None:
+    """Add a deletion request (texts by hash, a regex or keywords); earlier requests are kept."""
+    from spul.ledger import locked, read_texts
+
+    if file is not None and text:
+        raise SpulError("give the texts with --file or with --text, not both")
+    texts = read_texts(file) if file is not None else (list(text) if text else None)
+    with locked(ledger, missing_ok=True) as book:
+        request = book.add(
+            texts=texts,
+            pattern=regex,
+            keywords=list(words(keywords)) if keywords is not None else None,
+            source=str(file) if file is not None else None,
+            note=note,
+        )
+    typer.echo(request.id)
+    console.print(f"added {request.id} ({request.describe()}) to {ledger}")
+
+
+@requests_app.command("list")
+@user_errors
+def list_cmd(
+    ledger: LedgerOpt = DEFAULT_LEDGER,
+    status: Annotated[str | None, typer.Option(help="only requests with this status (open, covered)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the requests as JSON")] = False,
+) -> None:
+    """One line per request: id, date, status, what it asks for, the prompt that covers it."""
+    from spul.ledger import STATUSES, Ledger
+
+    if status is not None and status not in STATUSES:
+        raise SpulError(f"--status {status!r}: choose one of {', '.join(STATUSES)}")
+    chosen = [r for r in Ledger.load(ledger).requests if status is None or r.status == status]
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in chosen], indent=2))
+        return
+    for r in chosen:
+        covered = f"  prompt {r.covered_by['prompt']} ({r.covered_by['rows']} rows)" if r.covered_by else ""
+        typer.echo(f"{r.id}  {r.created}  {r.status:<7}  {r.describe()}{covered}")
+
+
+@requests_app.command("show")
+@user_errors
+def show_cmd(
+    request_id: Annotated[str, typer.Argument(help="request id, e.g. req-0001")],
+    ledger: LedgerOpt = DEFAULT_LEDGER,
+) -> None:
+    """Print one request as JSON."""
+    from spul.ledger import Ledger
+
+    typer.echo(json.dumps(Ledger.load(ledger).get(request_id).to_json(), indent=2))
+
+
+def ledger_datasets(
+    ledger: Path, data, data_dir, limit, eval_limit, seed, label_words, generic_words, test, tau
+):
+    """Training and evaluation data whose forget set is the ledger's requests, and the ids it covers."""
+    from spul.cli import _training_sets
+    from spul.ledger import Ledger, coverage, covered_ids, ledger_data
+
+    book = Ledger.load(ledger)
+    full = ledger_data(
+        book,
+        data,
+        data_dir=data_dir,
+        test_path=test,
+        label_words=words(label_words),
+        generic_words=words(generic_words),
+    )
+    report_warnings(full)
+    training, evaluation = _training_sets(full, limit, eval_limit, seed, tau)
+    counts = coverage(book, full, training)
+    for rid, c in counts.items():
+        if c["rows"] == 0:
+            console.print(f"[yellow]warning:[/yellow] {rid} matches no training row; it stays open")
+        elif c["trained"] < c["rows"]:
+            console.print(
+                f"[yellow]warning:[/yellow] {rid}: only {c['trained']} of its {c['rows']} training rows "
+                "are trained on (--tau / --limit); it stays open"
+            )
+    ids = covered_ids(counts)
+    if not ids:
+        raise SpulError(
+            f"{ledger}: this run would fully cover no request (drop --tau / a train_forget --limit)"
+        )
+    return training, evaluation, ids, counts
+
+
+def finish_ledger(ledger: Path, ids: list[str], out: Path, counts: dict) -> None:
+    """Mark the requests covered by the new prompt (main process only)."""
+    from spul.ledger import mark_covered
+    from spul.models import is_main_process
+
+    if is_main_process():
+        mark_covered(ledger, ids, out, counts)
+        console.print(f"{out} covers {', '.join(ids)}; marked covered in {ledger}")
