@@ -138,6 +138,13 @@ def write_results(out: Path, rows: dict[str, dict], extra: dict) -> None:
     write_text_atomic(out / "results.csv", buffer.getvalue())
 
 
+def _method_title(name: str) -> str:
+    """A method's name in result tables (SPUL, GA+KL...), or the name itself if it is not registered."""
+    from spul.methods import METHODS
+
+    return METHODS[name].display_name() if name in METHODS else name
+
+
 def _training_selection(prompt: str | None, data: str) -> dict | None:
     """How the prompt's training rows were drawn, when it was trained on this same --data."""
     if prompt is None:
@@ -145,6 +152,8 @@ def _training_selection(prompt: str | None, data: str) -> dict | None:
     from spul.artifacts import read_manifest
 
     selection = read_manifest(prompt).get("data", {}).get("selection")
+    if selection and selection.get("ledger"):  # its forget set came from a ledger, not from --data alone
+        return None
     return selection if selection and selection.get("data") == data else None
 
 
@@ -211,11 +220,17 @@ def evaluate_cmd(
             prompt, adapter=adapter, device=device, precision=precision, device_map=device_map
         )
         base = unlearned.manifest["base_model"]
-        spec, base_adapter = base["spec"], unlearned.lm.adapter
+        spec, base_adapter = base["spec"], unlearned.base_adapter
         template = unlearned.template
-        rows["SPUL"] = unlearned.evaluate(dataset, batch_size=batch_size, show_progress=show)
-        finetuned = unlearned.lm
+        title = _method_title(unlearned.manifest["method"])
+        rows[title] = unlearned.evaluate(dataset, batch_size=batch_size, show_progress=show)
         if base_adapter is not None:
+            # a prompt or a context leaves the (fine-tuned) base model as it is; other kinds replace it
+            finetuned = unlearned.lm
+            if unlearned.kind not in ("prompt", "context"):
+                finetuned = load_model(
+                    spec, adapter=base_adapter, device=device, precision=precision, device_map=device_map
+                )
             rows["Fine-tuned"] = evaluate(
                 finetuned, dataset, template=template, batch_size=batch_size, show_progress=show
             )
@@ -223,7 +238,7 @@ def evaluate_cmd(
         rows["Vanilla"] = evaluate(
             vanilla, dataset, template=template, batch_size=batch_size, show_progress=show
         )
-        rows = {k: rows[k] for k in ("Vanilla", "Fine-tuned", "SPUL") if k in rows}
+        rows = {k: rows[k] for k in ("Vanilla", "Fine-tuned", title) if k in rows}
     table = format_table(rows)
     typer.echo(table)
     write_results(
@@ -251,6 +266,7 @@ def _train_verb(
     device_map: str | None,
     quiet: bool,
     qlora: bool = False,
+    extra_manifest: dict | None = None,
 ) -> None:
     from spul.metrics import format_table
     from spul.models import is_main_process, load_model
@@ -272,6 +288,7 @@ def _train_verb(
         resume=resume,
         show_progress=not quiet,
         selection=selection,
+        extra_manifest=extra_manifest,
     )
     if not is_main_process():
         return
@@ -300,6 +317,11 @@ def _datasets(
     the rows actually trained on, its test splits from the whole test data (both capped by --eval-limit)."""
     full = load_dataset(data, data_dir, None, seed, label_words, generic_words, regex, keywords, test)
     report_warnings(full)
+    return _training_sets(full, limit, eval_limit, seed, tau)
+
+
+def _training_sets(full, limit, eval_limit, seed, tau):
+    """Sample the training data from `full` and draw the evaluation data as `_datasets` describes."""
     training = full.sample(tau=tau, limit=parse_limit(limit), seed=seed)
     if eval_limit is None:
         return training, training
@@ -384,8 +406,10 @@ def finetune_cmd(
 @app.command("unlearn")
 @user_errors
 def unlearn_cmd(
-    out: Annotated[Path, typer.Option(help="prompt folder to write")] = Path("runs/prompt"),
-    method: Annotated[str, typer.Option(help="unlearning method")] = "spul",
+    out: Annotated[Path, typer.Option(help="artifact folder to write")] = Path("runs/prompt"),
+    method: Annotated[
+        str, typer.Option(help="spul, or a baseline: ga, rl, ga_kl, ga_gd, npo, retrain, icul")
+    ] = "spul",
     model: ModelOpt = "smollm2-135m",
     adapter: AdapterOpt = None,
     data: DataOpt = "sst2-paper",
@@ -393,13 +417,35 @@ def unlearn_cmd(
     limit: LimitOpt = None,
     eval_limit: EvalLimitOpt = None,
     tau: TauOpt = 1.0,
-    p: Annotated[int, typer.Option("--p", help="number of virtual tokens")] = 30,
-    prompt_type: Annotated[str, typer.Option(help="ptuning (the paper's) or prompt-tuning")] = "ptuning",
-    encoder_hidden: Annotated[int, typer.Option(help="P-tuning MLP hidden size")] = 128,
-    alpha: Annotated[float, typer.Option(help="weight of the retain loss")] = 1.0,
-    beta: Annotated[float, typer.Option(help="weight of the KL to the unprompted model")] = 0.5,
-    epochs: EpochsOpt = 10,
-    lr: LrOpt = 1e-4,
+    p: Annotated[int | None, typer.Option("--p", help="spul: number of virtual tokens [default: 30]")] = None,
+    prompt_type: Annotated[
+        str | None, typer.Option(help="spul: ptuning (the paper's) or prompt-tuning [default: ptuning]")
+    ] = None,
+    encoder_hidden: Annotated[
+        int | None, typer.Option(help="spul: P-tuning MLP hidden size [default: 128]")
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="weight of the retain term (spul, ga_gd, ga_kl, npo) [default: 1; npo: 0]"),
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option(help="spul: weight of the KL to the unprompted model [default: 0.5]")
+    ] = None,
+    lora: Annotated[
+        bool, typer.Option(help="ga, rl, ga_kl, ga_gd, npo: train a LoRA adapter, not every weight")
+    ] = False,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank (--lora, retrain) [default: 16]")] = None,
+    npo_beta: Annotated[float | None, typer.Option(help="npo: inverse temperature [default: 0.1]")] = None,
+    icul_shots: Annotated[
+        int | None, typer.Option(help="icul: demonstrations per query, the first flipped [default: 4]")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="training epochs [default: spul 10, retrain 2, other baselines 1]")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="peak learning rate [default: 1e-4; full fine-tuning baselines 1e-5]"),
+    ] = None,
     batch_size: BatchOpt = 32,
     max_grad_norm: Annotated[float, typer.Option(help="gradient clipping norm")] = 0.3,
     seed: SeedOpt = 0,
@@ -416,31 +462,66 @@ def unlearn_cmd(
     device_map: DeviceMapOpt = None,
     template: TemplateOpt = None,
     quiet: QuietOpt = False,
+    ledger: Annotated[
+        Path | None, typer.Option(help="forget every deletion request of this ledger (spul requests)")
+    ] = None,
+    init_prompt: Annotated[
+        Path | None,
+        typer.Option(help="spul: start from this saved prompt (needs --prompt-type prompt-tuning)"),
+    ] = None,
 ) -> None:
-    """Learn a soft prompt that makes the frozen (fine-tuned) model forget train_forget."""
+    """Make the (fine-tuned) model forget train_forget: a SPUL soft prompt, or a baseline (--method)."""
+    from spul.methods import get_method
     from spul.training import TrainConfig
 
-    dataset, eval_data = _datasets(
-        data, data_dir, limit, eval_limit, seed, label_words, generic_words, regex, keywords, test, tau
-    )
-    options = {
-        "prompt_type": prompt_type,
-        "num_virtual_tokens": p,
-        "encoder_hidden": encoder_hidden,
-        "alpha": alpha,
-        "beta": beta,
+    method_class = get_method(method)
+    given = {  # option name -> (flag, value); flags left out are the method's defaults
+        "num_virtual_tokens": ("--p", p),
+        "prompt_type": ("--prompt-type", prompt_type),
+        "encoder_hidden": ("--encoder-hidden", encoder_hidden),
+        "alpha": ("--alpha", alpha),
+        "beta": ("--beta", beta),
+        "lora": ("--lora", lora or None),
+        "r": ("--lora-r", lora_r),
+        "npo_beta": ("--npo-beta", npo_beta),
+        "shots": ("--icul-shots", icul_shots),
+        "init_prompt": ("--init-prompt", str(init_prompt) if init_prompt is not None else None),
     }
+    options = {name: value for name, (_, value) in given.items() if value is not None}
+    foreign = [given[name][0] for name in options if name not in method_class.option_names()]
+    if foreign:
+        raise SpulError(f"--method {method} does not take {', '.join(foreign)}")
+    if method_class.from_untouched_model and adapter is not None:
+        console.print(f"note: {method} starts from the untouched model; --adapter {adapter} is not used")
+        adapter = None
+    covers: tuple = ()
+    if ledger is not None:  # the forget set is the ledger's requests
+        from spul.cli_serve import ledger_datasets
+
+        if regex or keywords:
+            raise SpulError("--ledger defines the forget set; drop --regex / --keywords")
+        dataset, eval_data, *covers = ledger_datasets(
+            ledger, data, data_dir, limit, eval_limit, seed, label_words, generic_words, test, tau
+        )
+    else:
+        dataset, eval_data = _datasets(
+            data, data_dir, limit, eval_limit, seed, label_words, generic_words, regex, keywords, test, tau
+        )
+    defaults = method_class.training_defaults(options)
     config = TrainConfig(
-        epochs=epochs,
+        epochs=epochs if epochs is not None else defaults.get("epochs", TrainConfig.epochs),
         batch_size=batch_size,
-        lr=lr,
+        lr=lr if lr is not None else defaults.get("lr", TrainConfig.lr),
         max_grad_norm=max_grad_norm,
         seed=seed,
         checkpoint_every=checkpoint_every,
     )
+    selection = {"data": data, "limit": limit, "tau": tau, "seed": seed}
+    if ledger is not None:
+        selection["ledger"] = str(ledger)
     _train_verb(
         method,
-        selection={"data": data, "limit": limit, "tau": tau, "seed": seed},
+        selection=selection,
         model=model,
         adapter=adapter,
         dataset=dataset,
@@ -455,7 +536,12 @@ def unlearn_cmd(
         quiet=quiet,
         device_map=device_map,
         template=template,
+        extra_manifest={"requests": covers[0], "ledger": str(ledger)} if covers else None,
     )
+    if covers:
+        from spul.cli_serve import finish_ledger
+
+        finish_ledger(ledger, covers[0], out, covers[1])
 
 
 @app.command("predict")
@@ -492,6 +578,101 @@ def predict_cmd(
     )
     for text, result in zip(inputs, unlearned.predict(inputs, batch_size=batch_size), strict=True):
         typer.echo(json.dumps({"text": text} | result, ensure_ascii=False))
+
+
+@app.command("audit")
+@user_errors
+def audit_cmd(
+    prompt: Annotated[str, typer.Option(help="saved unlearning prompt folder")] = "runs/prompt",
+    data: DataOpt = "sst2-paper",
+    data_dir: DataDirOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option(help="folder for audit.json and audit.md")] = Path("runs/audit"),
+    k: Annotated[float, typer.Option("--k", help="Min-K% / Min-K%++: fraction of lowest tokens")] = 0.2,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC intervals")] = 1000,
+    probe_retain: Annotated[bool, typer.Option(help="also probe the retain splits (control)")] = True,
+    adapter: AdapterOpt = None,
+    batch_size: BatchOpt = 16,
+    regex: RegexOpt = None,
+    keywords: KeywordsOpt = None,
+    test: TestOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Membership inference without / with the prompt and robustness probes: audit.md + audit.json."""
+    from spul.audit.members import audit_data
+    from spul.audit.report import run_audit, to_markdown, write_report
+    from spul.pipeline import load_unlearned
+
+    dataset, members = audit_data(
+        prompt, data, data_dir, parse_limit(limit), seed, regex, keywords, test, adapter
+    )
+    unlearned = load_unlearned(
+        prompt, adapter=adapter, device=device, precision=precision, device_map=device_map
+    )
+    report = run_audit(
+        unlearned,
+        dataset,
+        k=k,
+        batch_size=batch_size,
+        seed=seed,
+        bootstrap=bootstrap,
+        probe_retain=probe_retain,
+        members=members,
+        show_progress=not quiet,
+    )
+    json_path, md_path = write_report(out, report)
+    typer.echo(to_markdown(report))
+    console.print(f"wrote {json_path} and {md_path}")
+
+
+@app.command("experiment")
+@user_errors
+def experiment_cmd(
+    config: Annotated[Path, typer.Argument(help="experiment YAML (ready ones in configs/)")],
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default: config's out, else runs/experiments/NAME)")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="folder of cached fine-tuned models, shareable by experiments")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the cells and which are done; run nothing")] = False,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run (or resume) a paper experiment: tables as markdown/CSV/JSON, figures as PNG."""
+    from spul.experiments import Experiment, load_config, run_experiment
+
+    settings = load_config(config)
+    if dry_run:
+        folder = out or Path(settings.out or Path("runs") / "experiments" / settings.name)
+        experiment = Experiment(settings, folder, cache_dir=cache_dir, device=device)
+        from spul.methods import METHODS
+
+        for cell, state in experiment.status():
+            missing = "" if cell.method in (None, *METHODS) else "  (method not registered)"
+            typer.echo(f"{cell.id}  {state:<8} {cell.describe()}{missing}")
+        states = [s for _, s in experiment.status()]
+        console.print(f"{states.count('done')} of {len(states)} cells done; output folder {folder}")
+        return
+    experiment = run_experiment(settings, out, cache_dir=cache_dir, device=device, show_progress=not quiet)
+    report = experiment.out / "report.md"
+    typer.echo(report.read_text(encoding="utf-8"))
+
+
+# `spul prepare ...` (forget-set builders) lives in its own module, which uses the helpers above.
+from spul.cli_prepare import prepare_app  # noqa: E402
+
+app.add_typer(prepare_app, name="prepare")
+
+# `spul serve` and `spul requests ...` (the HTTP service, the deletion-request ledger).
+from spul.cli_serve import requests_app, serve_cmd  # noqa: E402
+
+app.command("serve")(serve_cmd)
+app.add_typer(requests_app, name="requests")
 
 
 def main() -> None:

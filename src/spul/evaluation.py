@@ -15,14 +15,18 @@ def evaluate(
     *,
     template: Template | None = None,
     prefix_fn: PrefixFn | None = None,
+    encoder: Encoder | None = None,
     batch_size: int = 32,
     max_length: int = 512,
     splits: tuple[str, ...] = SPLITS,
     show_progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """ACC / weighted F1 on each split of the data, with or without a soft prompt."""
+    """ACC / weighted F1 on each split of the data, with or without a soft prompt.
+
+    `encoder` replaces the plain template encoding (in-context methods put demonstrations before each text).
+    """
     template = template or Template()
-    encoder = Encoder(lm.tokenizer, template, max_length)
+    encoder = encoder or Encoder(lm.tokenizer, template, max_length)
     verbalizer = Verbalizer.build(lm.tokenizer, data.label_words, template)
     table = {}
     for name in splits:

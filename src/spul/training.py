@@ -142,6 +142,10 @@ def train(
     """
     module = method.trainable()
     params = [p for p in module.parameters() if p.requires_grad]
+    if not params:  # nothing to optimise (in-context methods)
+        return TrainResult()
+    # References (e.g. the untrained model's answers) come before a checkpoint's weights are loaded.
+    method.prepare(items)
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     steps_per_epoch = math.ceil(len(items) / config.batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,12 @@ class Method(ABC):
     """A way to change a model's behaviour by training: LoRA fine-tuning, SPUL, a baseline."""
 
     name: ClassVar[str]
-    # What the artifact is: "prompt" (a soft prompt over the frozen model) or "adapter" (changes weights).
-    kind: ClassVar[str]
+    # What the artifact is (see ARTIFACT_KINDS); a method may set it per instance (e.g. LoRA or full weights).
+    kind: str
+    # The name in result tables (default: the name in capitals).
+    title: ClassVar[str | None] = None
+    # True for methods that must start from the untouched model (retrain): the CLI drops --adapter.
+    from_untouched_model: ClassVar[bool] = False
 
     def __init__(
         self, lm: LoadedModel, encoder: Encoder, verbalizer: Verbalizer, generic: Verbalizer, **options: Any
@@ -64,9 +69,17 @@ class Method(ABC):
         """The soft prompt to prepend at evaluation (None for methods that change weights)."""
         return None
 
+    def inference_encoder(self) -> Encoder | None:
+        """The encoder to evaluate with, when it differs from the plain template (in-context methods)."""
+        return None
+
+    def prepare(self, items: list[TrainItem]) -> None:
+        """Called by the training loop once before the first step, on the untrained model (references)."""
+        return None
+
     @abstractmethod
     def save(self, folder: Path) -> None:
-        """Write the learned artifact (a peft adapter folder) into `folder`."""
+        """Write the learned artifact (soft prompt, adapter, weights or context) into `folder`."""
 
     def selection_score(self, table: dict[str, dict[str, float]]) -> float:
         """Higher is better when choosing the best epoch (default: retain ACC minus forget ACC)."""
@@ -75,6 +88,37 @@ class Method(ABC):
     def hyperparameters(self) -> dict[str, Any]:
         """The method's own options, as recorded in manifests."""
         return dict(self.options)
+
+    @classmethod
+    def display_name(cls) -> str:
+        """The method's name in result tables (e.g. GA+KL)."""
+        return cls.title or cls.name.upper()
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The keyword options the constructor takes (collected up the class tree through **options)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if klass is Method:
+                break
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = inspect.signature(init).parameters.values()
+            names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return names
+
+    @classmethod
+    def training_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """TrainConfig fields this method changes by default (e.g. 1 epoch for the baselines)."""
+        return {}
+
+
+# What a saved artifact holds: a soft prompt over the base model, a LoRA adapter over it,
+# the full unlearned weights, or in-context demonstrations (no weights).
+ARTIFACT_KINDS = ("prompt", "adapter", "weights", "context")
 
 
 METHODS: dict[str, type[Method]] = {}

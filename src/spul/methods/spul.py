@@ -38,8 +38,27 @@ class SoftPromptMethod(Method):
 
     kind = "prompt"
 
-    def __init__(self, lm, encoder, verbalizer, generic, **options):
-        options = {"prompt_type": "ptuning", "num_virtual_tokens": 30, "encoder_hidden": 128} | options
+    def __init__(
+        self,
+        lm,
+        encoder,
+        verbalizer,
+        generic,
+        *,
+        prompt_type="ptuning",
+        num_virtual_tokens=30,
+        encoder_hidden=128,
+        init_prompt=None,
+        **options,
+    ):
+        prompt = {
+            "prompt_type": prompt_type,
+            "num_virtual_tokens": num_virtual_tokens,
+            "encoder_hidden": encoder_hidden,
+        }
+        if init_prompt is not None:  # recorded only when used: other manifests stay as they were
+            prompt["init_prompt"] = str(init_prompt)
+        options = prompt | options
         super().__init__(lm, encoder, verbalizer, generic, **options)
         config = prompt_config(
             options["prompt_type"],
@@ -49,8 +68,12 @@ class SoftPromptMethod(Method):
         )
         # peft wraps the model without copying it; we use the prompt encoder and feed embeddings ourselves
         # (peft's own forward ignores position ids, which matters with padding).
+        start = saved_prompt(lm, init_prompt, prompt_type, num_virtual_tokens) if init_prompt else None
         self.peft = get_peft_model(lm.model, config)
         self.peft.prompt_encoder.to(lm.device)
+        if start is not None:
+            with torch.no_grad():
+                self.peft.prompt_encoder["default"].embedding.weight.copy_(start)
 
     def trainable(self) -> torch.nn.Module:
         """The prompt encoder (P-tuning MLP or plain embeddings)."""
@@ -124,3 +147,36 @@ def load_prompt_encoder(lm, folder: Path) -> PeftModel:
     peft.prompt_encoder.to(lm.device)
     peft.eval()
     return peft
+
+
+def saved_prompt(lm, folder: str | Path, prompt_type: str, num_virtual_tokens: int) -> torch.Tensor:
+    """The embeddings of a saved prompt, to continue training from (plain prompt tuning only).
+
+    peft saves a P-tuning prompt as its output embeddings, without the MLP that made them, so training
+    can continue from a saved prompt only as plain prompt tuning of those embeddings.
+    """
+    from safetensors.torch import load_file
+
+    from spul.artifacts import check_base_model, model_fingerprint, read_manifest
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest.get("kind") != "prompt":
+        raise SpulError(f"--init-prompt {folder}: holds a {manifest.get('kind')}, not a soft prompt")
+    check_base_model(manifest, model_fingerprint(lm.model), folder)
+    if prompt_type != "prompt-tuning":
+        raise SpulError(
+            "--init-prompt continues a saved prompt as plain prompt tuning (peft saves a P-tuning prompt "
+            "without its MLP): add --prompt-type prompt-tuning"
+        )
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise SpulError(f"--init-prompt {folder}: no adapter_model.safetensors")
+    embeddings = load_file(str(weights)).get("prompt_embeddings")
+    if embeddings is None or embeddings.dim() != 2:
+        raise SpulError(f"--init-prompt {weights}: no prompt_embeddings tensor")
+    if embeddings.shape[0] != num_virtual_tokens:
+        raise SpulError(
+            f"--init-prompt {folder} has {embeddings.shape[0]} virtual tokens: pass --p {embeddings.shape[0]}"
+        )
+    return embeddings.float()
