@@ -1,0 +1,5 @@
+"""Audit of an unlearning prompt: membership inference and robustness probes (`spul audit`)."""
+
+from spul.audit.report import run_audit, to_markdown, write_report
+
+__all__ = ["run_audit", "to_markdown", "write_report"]

@@ -1,0 +1,251 @@
+"""`spul audit`: membership inference and robustness probes on a prompted model, as markdown and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spul.audit.mia import SCORE_TITLES, SCORES, example_scores, membership_auc
+from spul.audit.probes import ENTITY_PROBES, PROBES, EntityFinder, apply_probe
+from spul.audit.tokens import sequence_stats
+from spul.data.splits import FORGET_SPLITS, SPLITS, UnlearningData
+from spul.engine import score
+from spul.io import write_json_atomic, write_text_atomic
+from spul.metrics import split_metrics
+from spul.pipeline import Unlearned
+from spul.prompting import Verbalizer
+
+AUC_GOAL = (0.45, 0.55)  # forget membership AUC of the unlearned model: no better than chance
+ACC_GOAL = 25.0  # forget accuracy (percent) under every probe
+PAIRS = {"forget": ("train_forget", "test_forget"), "retain": ("train_retain", "test_retain")}
+MODELS = ("fine_tuned", "unlearned")
+
+LIMITATIONS = [
+    "The prompt lives outside the weights: anyone holding the weights can drop it and gets the "
+    "fine-tuned model back, memorisation included (the fine_tuned rows of this report).",
+    "Membership inference here sees the output distribution only; an attacker with the weights can also "
+    "use gradients, hidden states or the base model as a reference.",
+    "The probes are a few fixed rewrites, not an adaptive attacker: passing them bounds nothing.",
+]
+
+
+def mia_table(
+    stats_by_split: dict[str, list], k: float, bootstrap: int, seed: int
+) -> dict[str, dict[str, dict]]:
+    """AUC of every score for the forget pair (train vs test forget) and the retain control pair."""
+    scores = {split: example_scores(stats, k) for split, stats in stats_by_split.items()}
+    return {
+        pair: {
+            name: membership_auc(scores[m][name], scores[n][name], bootstrap=bootstrap, seed=seed)
+            for name in SCORES
+        }
+        for pair, (m, n) in PAIRS.items()
+    }
+
+
+def probe_table(
+    unlearned: Unlearned,
+    data: UnlearningData,
+    finder: EntityFinder,
+    splits: tuple[str, ...],
+    batch_size: int,
+    show_progress: bool,
+) -> dict[str, dict[str, dict]]:
+    """Accuracy of the prompted model on each split under each probe (only changed texts are re-scored)."""
+
+    def predict(texts: list[str], labels: list[int], what: str) -> np.ndarray:
+        return score(
+            unlearned.lm,
+            unlearned.encoder,
+            unlearned.verbalizer,
+            texts,
+            labels,
+            batch_size=batch_size,
+            prefix_fn=unlearned.prefix_fn,
+            description=what,
+            show_progress=show_progress,
+        ).predicted
+
+    k = len(unlearned.verbalizer)
+    table: dict[str, dict[str, dict]] = {"none": {}, **{p: {} for p in PROBES}}
+    for split_name in splits:
+        split = data[split_name]
+        labels = np.asarray(split.labels)
+        base = predict(split.texts, split.labels, split_name)
+        table["none"][split_name] = split_metrics(labels, base, k) | {"changed": 0}
+        spans = finder.spans(split.texts)
+        for probe in PROBES:
+            probed = apply_probe(probe, split.texts, spans if probe in ENTITY_PROBES else None)
+            changed = np.array([a != b for a, b in zip(probed, split.texts, strict=True)], dtype=bool)
+            predicted = base.copy()
+            if changed.any():
+                rows = np.flatnonzero(changed)
+                texts = [probed[i] for i in rows]
+                predicted[rows] = predict(texts, labels[rows].tolist(), f"{split_name} {probe}")
+            row = split_metrics(labels, predicted, k) | {"changed": int(changed.sum())}
+            if changed.any():
+                row["acc_changed"] = 100.0 * float(np.mean(predicted[changed] == labels[changed]))
+            table[probe][split_name] = row
+    return table
+
+
+def run_audit(
+    unlearned: Unlearned,
+    data: UnlearningData,
+    *,
+    k: float = 0.2,
+    batch_size: int = 16,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    probe_retain: bool = True,
+    members: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Membership inference (model without and with the prompt) and probes on the prompted model."""
+    lm, manifest = unlearned.lm, unlearned.manifest
+    generic = Verbalizer.build(lm.tokenizer, manifest["generic_words"], unlearned.template)
+    mia = {}
+    for model_name, prefix_fn in zip(MODELS, (None, unlearned.prefix_fn), strict=True):
+        stats = {
+            split: sequence_stats(
+                lm,
+                unlearned.encoder,
+                unlearned.verbalizer,
+                generic,
+                data[split].texts,
+                data[split].labels,
+                prefix_fn=prefix_fn,
+                batch_size=batch_size,
+                description=f"{model_name} {split}",
+                show_progress=show_progress,
+            )
+            for split in SPLITS
+        }
+        mia[model_name] = mia_table(stats, k, bootstrap, seed)
+    finder = EntityFinder.create().fit(
+        data.train_forget.texts + data.test_forget.texts, data.train_retain.texts + data.test_retain.texts
+    )
+    splits = SPLITS if probe_retain else FORGET_SPLITS
+    probes = probe_table(unlearned, data, finder, splits, batch_size, show_progress)
+    forget_aucs = {s: mia["unlearned"]["forget"][s]["auc"] for s in SCORES}
+    return {
+        "prompt": str(unlearned.folder),
+        "base_model": manifest["base_model"],
+        "fine_tuned_model": "base model + adapter" if manifest["base_model"].get("adapter") else "base model",
+        "data": data.fingerprint(),
+        "members": members or {"verified": None},
+        "settings": {"k": k, "batch_size": batch_size, "seed": seed, "bootstrap": bootstrap},
+        "mia": mia,
+        "probes": {
+            "entity_detection": finder.method,
+            "entity_lexicon_size": len(finder.lexicon),
+            "injection": apply_probe("injection_before", [""])[0].strip(),
+            "results": probes,
+        },
+        "goals": {
+            "forget_auc_range": list(AUC_GOAL),
+            "forget_auc_met": {s: AUC_GOAL[0] <= a <= AUC_GOAL[1] for s, a in forget_aucs.items()},
+            "forget_acc_max": ACC_GOAL,
+            "forget_acc_met": {
+                p: all(probes[p][s]["acc"] <= ACC_GOAL for s in FORGET_SPLITS) for p in probes
+            },
+        },
+        "limitations": LIMITATIONS,
+    }
+
+
+def _entity_note(probes: dict[str, Any]) -> str:
+    """How names were found, flagged when spaCy was missing."""
+    lexicon = f"plus {probes['entity_lexicon_size']} name words learned from the forget texts"
+    if probes["entity_detection"] == "spacy":
+        return f"Names: spaCy NER (PERSON / ORG) {lexicon}."
+    heuristic = "**capitalised-word heuristic (spaCy is not installed; weak on lower-cased data)**"
+    return f"Names: {heuristic} {lexicon}."
+
+
+def _auc_cell(result: dict) -> str:
+    low, high = result.get("ci95", (None, None))
+    return f"{result['auc']:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as a short markdown document."""
+    mia, settings = report["mia"], report["settings"]
+    members = report["members"]
+    lines = [
+        f"# Unlearning audit: `{report['prompt']}`",
+        "",
+        f"Fine-tuned model = {report['fine_tuned_model']} (`{report['base_model']['spec']}`"
+        + (f", adapter `{report['base_model']['adapter']}`)" if report["base_model"].get("adapter") else ")")
+        + "; unlearned = the same model with the soft prompt. Split sizes: "
+        + ", ".join(f"{n} {v['size']}" for n, v in report["data"]["splits"].items())
+        + ".",
+        "",
+        "## Membership inference",
+        "",
+        "Members = train rows, non-members = test rows: `forget` = train_forget vs test_forget, "
+        "`retain` = train_retain vs test_retain (the control). ROC AUC with a bootstrap 95% interval; "
+        f"0.5 = no signal, below 0.5 = inverted signal. Min-K% / Min-K%++ use k = {settings['k']:g}. "
+        "The fine-tune trained only on the label word, so the label-word NLL is the strongest signal "
+        "for a classifier; the whole-sequence scores mostly see the template and the text.",
+        "",
+    ]
+    if members.get("verified") is False:
+        lines += [f"**Warning:** {members.get('note', 'members could not be verified')}", ""]
+    elif members.get("verified"):
+        lines += ["Members checked against the train_forget fingerprint in the prompt's `spul.json`.", ""]
+    for split, seen in members.get("in_finetune_data", {}).items():
+        seen_text = f"{seen['seen_by_finetune']} of {seen['members']}"
+        lines.append(f"- {split}: {seen_text} members were in the fine-tune's training data.")
+    if members.get("in_finetune_data"):
+        lines.append("")
+    header = "| score | " + " | ".join(f"{m.replace('_', '-')} {p}" for m in MODELS for p in PAIRS) + " |"
+    lines += [header, "|---" * (1 + len(MODELS) * len(PAIRS)) + "|"]
+    for name in SCORES:
+        cells = [_auc_cell(mia[m][p][name]) for m in MODELS for p in PAIRS]
+        lines.append(f"| {SCORE_TITLES[name]} | " + " | ".join(cells) + " |")
+    low, high = report["goals"]["forget_auc_range"]
+    met = [SCORE_TITLES[s] for s, ok in report["goals"]["forget_auc_met"].items() if not ok]
+    lines += [
+        "",
+        f"Goal: unlearned forget AUC within [{low}, {high}] for every score: "
+        + ("met." if not met else "not met for " + ", ".join(met) + "."),
+        "",
+        "## Robustness probes (prompted model)",
+        "",
+        f"Accuracy (%) under each rewrite of the texts; a generic answer counts as wrong. `changed` = rows "
+        f"the probe altered (the others keep their unprobed prediction; `acc_changed` in audit.json is the "
+        f"accuracy on the changed rows alone). {_entity_note(report['probes'])}",
+        "",
+    ]
+    results = report["probes"]["results"]
+    splits = list(results["none"])
+    lines += [
+        "| probe | " + " | ".join(f"{s.replace('_', ' ')} acc (changed)" for s in splits) + " |",
+        "|---" * (1 + len(splits)) + "|",
+    ]
+    for probe, row in results.items():
+        cells = [f"{row[s]['acc']:.1f} ({row[s]['changed']}/{row[s]['n']})" for s in splits]
+        lines.append(f"| {probe} | " + " | ".join(cells) + " |")
+    failed = [p for p, ok in report["goals"]["forget_acc_met"].items() if not ok]
+    lines += [
+        "",
+        f"Goal: forget accuracy <= {report['goals']['forget_acc_max']:g}% under every probe: "
+        + ("met." if not failed else "not met for " + ", ".join(failed) + "."),
+        "",
+        "## What this does not show",
+        "",
+        *[f"- {item}" for item in report["limitations"]],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write `audit.json` and `audit.md` into `out` (each atomically)."""
+    out = Path(out)
+    write_json_atomic(out / "audit.json", report)
+    write_text_atomic(out / "audit.md", to_markdown(report))
+    return out / "audit.json", out / "audit.md"
