@@ -137,7 +137,7 @@ def _load_preset(name: str, data_dir: Path | None, rule: ForgetRule | None, comm
     if preset.needs_rule and rule is None:
         raise DataError(
             f"{name} is a raw dataset (train/test only): it needs a forget rule to define the forget set "
-            f"(automatic cluster/NER builders are not available yet); {RULE_HINT}"
+            f"({RULE_HINT}), or build a four-split folder first with `spul prepare entity|cluster|ids|regex`"
         )
     if not preset.needs_rule and rule is not None:
         raise DataError(f"preset {name} already defines its forget splits; drop the forget rule")

@@ -1,0 +1,186 @@
+"""The paper's tables from finished cells: markdown in the paper's layout, plus CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from spul.data.splits import SPLITS
+from spul.experiments.cells import Cell
+
+# Columns a table may show besides its leading ones (only where their value differs between rows).
+CANDIDATE_KEYS = ("data", "model", "method", "tau", "p", "alpha", "beta", "lr", "epochs")
+HEADERS = {
+    "trainable_parameters": "trainable parameters (share)",
+    "model_parameters": "model parameters",
+    "seconds_per_epoch": "seconds / epoch",
+    "peak_memory_mib": "peak memory (MiB)",
+    "memory": "memory measured",
+}
+
+
+def cell_values(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
+    """The settings a table row can show for a cell: data, model, method, tau, p, alpha, beta, ..."""
+    values: dict[str, Any] = {"data": cell.dataset.label, "model": cell.model.name, "method": cell.label}
+    if cell.kind != "train":
+        return values
+    hyper = result.get("hyperparameters") or {}
+    method, training = hyper.get("method") or {}, hyper.get("training") or {}
+    values["tau"] = cell.tau
+    if "num_virtual_tokens" in method:
+        values["p"] = method["num_virtual_tokens"]
+    for key in ("alpha", "beta"):
+        if key in method:
+            values[key] = method[key]
+    values["lr"] = training.get("lr")
+    values["epochs"] = training.get("epochs")
+    for key, value in cell.sweep.items():
+        values.setdefault(key, value)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def format_value(key: str, value: Any) -> str:
+    """A setting as a table shows it (tau as a percentage of the forget set)."""
+    if value is None:
+        return "-"
+    if key == "tau":
+        return f"{100 * float(value):g}%"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def varying_keys(rows: list[dict[str, Any]], candidates: list[str]) -> list[str]:
+    """The candidate keys whose (present) values differ between rows."""
+    keys = []
+    for key in candidates:
+        seen = {repr(r["values"][key]) for r in rows if key in r["values"]}
+        if len(seen) > 1:
+            keys.append(key)
+    return keys
+
+
+@dataclass
+class Table:
+    """A titled table: key columns, then ACC / F1 per split (or other metric columns)."""
+
+    name: str
+    title: str
+    keys: list[str]
+    rows: list[dict[str, Any]]  # each {"values": {...}, "metrics": {split: {acc, f1, other, n}}}
+    metric_columns: list[str] = field(default_factory=lambda: list(SPLITS))
+    formatters: dict[str, Any] = field(default_factory=dict)  # metric column -> fn(row) -> str (markdown)
+
+    def markdown(self) -> str:
+        """The table in the paper's layout: one row per model/method, `ACC / F1` per split."""
+        heads = [HEADERS.get(c, c.replace("_", " ")) for c in [*self.keys, *self.metric_columns]]
+        lines = [f"**{self.title}**", "", "| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
+        for row in self.rows:
+            cells = [format_value(k, row["values"].get(k)) for k in self.keys]
+            cells += [self._metric_cell(row, c) for c in self.metric_columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def _metric_cell(self, row: dict[str, Any], column: str) -> str:
+        if column in self.formatters:
+            return self.formatters[column](row)
+        metric = row["metrics"].get(column)
+        return "-" if metric is None else f"{metric['acc']:.2f} / {metric['f1']:.2f}"
+
+    def records(self) -> list[dict[str, Any]]:
+        """Flat rows (settings, then `<split>_acc`, `<split>_f1`, ...) for CSV and JSON."""
+        flat = []
+        for row in self.rows:
+            record = {k: row["values"].get(k) for k in self.keys}
+            for column in self.metric_columns:
+                value = row["metrics"].get(column)
+                if isinstance(value, dict):
+                    record |= {f"{column}_{m}": value[m] for m in ("acc", "f1", "other", "n") if m in value}
+                else:
+                    record[column] = value
+            flat.append(record)
+        return flat
+
+    def csv(self) -> str:
+        """The flat rows as CSV text."""
+        records = self.records()
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return buffer.getvalue()
+
+    def json(self) -> dict[str, Any]:
+        """Title, columns and flat rows."""
+        return {"name": self.name, "title": self.title, "keys": self.keys, "rows": self.records()}
+
+
+# name -> (title, leading columns, which cells); the rest of the layout follows the paper's Table 1.
+ALL = ("vanilla", "finetuned", "train")
+TABLES = {
+    "table1": ("Table 1: unlearning, ACC / F1 (%) per split", ["data", "method"], ALL),
+    "table2": ("Table 2: retain weight alpha x KL weight beta, ACC / F1 (%)", ["alpha", "beta"], ("train",)),
+    "table3": ("Table 3: forget-set size tau (share of the forget set), ACC / F1 (%)", ["tau"], ("train",)),
+    "table4": ("Table 4: base models, ACC / F1 (%)", ["model", "method"], ALL),
+    "figure2": ("Figure 2 data: number of virtual tokens p, ACC / F1 (%)", ["p"], ("train",)),
+}
+
+
+def build_table(name: str, entries: list[tuple[Cell, dict[str, Any]]]) -> Table:
+    """One of TABLES from (cell, result) pairs, in the config's order.
+
+    A sweep table (alpha x beta, tau, p) shows the runs that sweep its keys when there are any, else every
+    run that has them; rows lacking a leading key (e.g. no alpha for a LoRA run) are left out.
+    """
+    title, leading, kinds = TABLES[name]
+    chosen = [(cell, result) for cell, result in entries if cell.kind in kinds]
+    swept = [(cell, result) for cell, result in chosen if set(cell.sweep) & set(leading)]
+    if kinds == ("train",) and swept:
+        chosen = swept
+    rows = [{"values": cell_values(cell, result), "metrics": result["metrics"]} for cell, result in chosen]
+    rows = [row for row in rows if all(key in row["values"] for key in leading)]
+    sweep_keys = [k for cell, _ in entries for k in cell.sweep]
+    candidates = [k for k in dict.fromkeys([*CANDIDATE_KEYS, *sweep_keys]) if k not in leading]
+    return Table(name, title, leading + varying_keys(rows, candidates), rows)
+
+
+def efficiency_table(
+    entries: list[tuple[Cell, dict[str, Any]]], stages: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> Table:
+    """Trainable parameters, seconds per epoch and peak memory of each training run (and fine-tune)."""
+    rows = [{"values": values, "metrics": efficiency} for values, efficiency in stages]
+    rows += [
+        {"values": cell_values(cell, result), "metrics": result["efficiency"]}
+        for cell, result in entries
+        if cell.kind == "train" and result.get("efficiency")
+    ]
+    sweep_keys = [k for cell, _ in entries for k in cell.sweep]
+    candidates = [k for k in dict.fromkeys([*CANDIDATE_KEYS, *sweep_keys]) if k != "method"]
+    columns = [
+        "trainable_parameters",
+        "model_parameters",
+        "seconds_per_epoch",
+        "epochs",
+        "peak_memory_mib",
+        "memory",
+        "device",
+    ]
+
+    def share(row: dict[str, Any]) -> str:
+        trainable, total = row["metrics"]["trainable_parameters"], row["metrics"]["model_parameters"]
+        return f"{trainable:,} ({100 * trainable / total:.3g}%)"
+
+    formatters = {
+        "trainable_parameters": share,
+        "model_parameters": lambda r: f"{r['metrics']['model_parameters']:,}",
+        "seconds_per_epoch": lambda r: f"{r['metrics']['seconds_per_epoch']:.1f}",
+        "epochs": lambda r: str(r["metrics"]["epochs"]),
+        "peak_memory_mib": lambda r: f"{r['metrics']['peak_memory_mib']:,.0f}",
+        "memory": lambda r: str(r["metrics"]["memory"]),
+        "device": lambda r: str(r["metrics"]["device"]),
+    }
+    title = "Efficiency: trainable parameters, training time per epoch, peak memory (MiB)"
+    return Table("efficiency", title, ["method", *varying_keys(rows, candidates)], rows, columns, formatters)
