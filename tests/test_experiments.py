@@ -121,7 +121,9 @@ def test_table1_has_the_papers_layout_and_the_cells_numbers(finished):
     markdown = (out / "table1.md").read_text()
     assert "| data | method |" in markdown
     assert "| train retain | train forget | test retain | test forget |" in markdown
-    rows = read_json(out / "table1.json")["rows"]
+    table = read_json(out / "table1.json")
+    assert table["keys"] == ["data", "method", "model", "alpha", "tau", "p"]  # what tells rows apart
+    rows = table["rows"]
     methods = ["Vanilla", "Fine-tuned", "SPUL", "SPUL", "SPUL-tau", "SPUL-p", "SPUL-p", "LoRA on top"]
     assert [r["method"] for r in rows] == methods * 2
     assert [r["model"] for r in rows] == ["tiny-0"] * 8 + ["tiny-1"] * 8
@@ -176,6 +178,7 @@ def test_efficiency_table_reports_each_training(finished):
         assert row["trainable_parameters"] == manifest["trainable_parameters"] > 0
         assert row["seconds_per_epoch"] == pytest.approx(manifest["training_time_s"], abs=0.01)
         assert row["peak_memory_mib"] > 10 and row["memory"] == "process RSS"
+        assert 0 <= row["memory_growth_mib"] <= row["peak_memory_mib"]
     p2, p4 = (r["trainable_parameters"] for r in rows if r["method"] == "SPUL-p" and r["model"] == "tiny-0")
     assert p4 > p2  # more virtual tokens, more parameters
 
@@ -356,7 +359,9 @@ def test_every_registered_method_runs_in_an_experiment(workspace, tmp_path):
         )
     )
     experiment = run_experiment(config, tmp_path / "out", show_progress=False, log=lambda _: None)
-    rows = read_json(experiment.out / "table1.json")["rows"]
+    table = read_json(experiment.out / "table1.json")
+    assert table["keys"] == ["data", "method"]  # methods differ in lr, epochs, options: no columns for that
+    rows = table["rows"]
     titles = [METHODS[name].display_name() for name in names]
     assert [r["method"] for r in rows] == ["Vanilla", "Fine-tuned", *titles]
     assert (experiment.out / "figure1.png").read_bytes()[:8] == PNG

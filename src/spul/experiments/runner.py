@@ -415,6 +415,7 @@ def _efficiency(manifest: dict, config, total: int, peak: PeakMemory, lm: Loaded
         "seconds_per_epoch": round(seconds / max(config.epochs, 1), 2),
         "steps": manifest.get("steps"),
         "peak_memory_mib": peak.mib,
+        "memory_growth_mib": peak.growth_mib,
         "memory": peak.kind,
         "device": str(lm.device),
     }

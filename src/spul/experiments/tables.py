@@ -11,12 +11,16 @@ from spul.data.splits import SPLITS
 from spul.experiments.cells import Cell
 
 # Columns a table may show besides its leading ones (only where their value differs between rows).
+# Sweep tables may show any setting; method tables (1, 4, efficiency) only what tells their rows apart
+# beyond the method itself, since methods differ in lr, epochs and options by design.
 CANDIDATE_KEYS = ("data", "model", "method", "tau", "p", "alpha", "beta", "lr", "epochs")
+ROW_KEYS = ("data", "model", "method")
 HEADERS = {
     "trainable_parameters": "trainable parameters (share)",
     "model_parameters": "model parameters",
     "seconds_per_epoch": "seconds / epoch",
     "peak_memory_mib": "peak memory (MiB)",
+    "memory_growth_mib": "added during training (MiB)",
     "memory": "memory measured",
 }
 
@@ -143,7 +147,8 @@ def build_table(name: str, entries: list[tuple[Cell, dict[str, Any]]]) -> Table:
     rows = [{"values": cell_values(cell, result), "metrics": result["metrics"]} for cell, result in chosen]
     rows = [row for row in rows if all(key in row["values"] for key in leading)]
     sweep_keys = [k for cell, _ in entries for k in cell.sweep]
-    candidates = [k for k in dict.fromkeys([*CANDIDATE_KEYS, *sweep_keys]) if k not in leading]
+    base = CANDIDATE_KEYS if kinds == ("train",) else ROW_KEYS
+    candidates = [k for k in dict.fromkeys([*base, *sweep_keys]) if k not in leading]
     return Table(name, title, leading + varying_keys(rows, candidates), rows)
 
 
@@ -158,16 +163,20 @@ def efficiency_table(
         if cell.kind == "train" and result.get("efficiency")
     ]
     sweep_keys = [k for cell, _ in entries for k in cell.sweep]
-    candidates = [k for k in dict.fromkeys([*CANDIDATE_KEYS, *sweep_keys]) if k != "method"]
+    candidates = [k for k in dict.fromkeys([*ROW_KEYS, *sweep_keys]) if k != "method"]
     columns = [
         "trainable_parameters",
         "model_parameters",
         "seconds_per_epoch",
         "epochs",
         "peak_memory_mib",
+        "memory_growth_mib",
         "memory",
         "device",
     ]
+
+    def mib(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f}"
 
     def share(row: dict[str, Any]) -> str:
         trainable, total = row["metrics"]["trainable_parameters"], row["metrics"]["model_parameters"]
@@ -178,9 +187,13 @@ def efficiency_table(
         "model_parameters": lambda r: f"{r['metrics']['model_parameters']:,}",
         "seconds_per_epoch": lambda r: f"{r['metrics']['seconds_per_epoch']:.1f}",
         "epochs": lambda r: str(r["metrics"]["epochs"]),
-        "peak_memory_mib": lambda r: f"{r['metrics']['peak_memory_mib']:,.0f}",
+        "peak_memory_mib": lambda r: mib(r["metrics"]["peak_memory_mib"]),
+        "memory_growth_mib": lambda r: mib(r["metrics"].get("memory_growth_mib")),
         "memory": lambda r: str(r["metrics"]["memory"]),
         "device": lambda r: str(r["metrics"]["device"]),
     }
-    title = "Efficiency: trainable parameters, training time per epoch, peak memory (MiB)"
+    title = (
+        "Efficiency: trainable parameters, training time per epoch, peak memory (MiB; on the CPU the "
+        "process's resident memory, loaded model included)"
+    )
     return Table("efficiency", title, ["method", *varying_keys(rows, candidates)], rows, columns, formatters)
