@@ -100,19 +100,11 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def alternate(
-    candidates: dict[str, Callable[[], object]],
-    rounds: int,
-    device: torch.device,
-    memory: PeakMemory | None = None,
+    candidates: dict[str, Callable[[], object]], rounds: int, device: torch.device
 ) -> dict[str, float]:
-    """Median seconds of each candidate, run alternately (A B A B ...) after one warm-up call each
-    (the warm-up call of each is where `memory` records its peak)."""
-    for name, fn in candidates.items():
-        if memory is None:
-            fn()
-        else:
-            with memory.track(name):
-                fn()
+    """Median seconds of each candidate, run alternately (A B A B ...) after one warm-up call each."""
+    for fn in candidates.values():
+        fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
