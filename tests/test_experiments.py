@@ -367,3 +367,81 @@ def test_every_registered_method_runs_in_an_experiment(workspace, tmp_path):
     assert (experiment.out / "figure1.png").read_bytes()[:8] == PNG
     for cell in experiment.cells:
         assert (experiment.cell_dir(cell) / "embeddings.safetensors").is_file() == (cell.kind != "vanilla")
+
+
+def fake_entry(retain: float, forget: float) -> tuple:
+    metrics = {"train_retain": {"acc": retain}, "train_forget": {"acc": forget}}
+    return (None, {"metrics": metrics})
+
+
+def test_select_takes_the_most_forgetting_point_that_keeps_retain():
+    from spul.experiments.selection import choose
+
+    kept_less, kept_most, broke_retain = fake_entry(78, 60), fake_entry(76, 40), fake_entry(60, 10)
+    points = [kept_less, kept_most, broke_retain]
+    search = choose(points, reference_acc=80, within=5)
+    assert search.chosen is kept_most and search.qualified
+    assert [search.kept(p) for p in points] == [True, True, False]
+    # nothing within 5 points of 95: the point that keeps most retain, flagged as not qualified
+    search = choose(points, reference_acc=95, within=5)
+    assert search.chosen is kept_less and not search.qualified
+
+
+def test_a_selecting_run_shows_one_point_and_writes_the_search(workspace, tmp_path):
+    run = {"method": "spul", "options": {"p": 2}, "training": TRAIN, "sweep": {"lr": [1e-4, 3e-2]}}
+    config = parse_config(
+        config_dict(
+            workspace["models"][:1],
+            workspace["data"],
+            runs=[run | {"select": {"retain_within": 100}}],
+            artefacts=["table1"],
+        )
+    )
+    experiment = run_experiment(config, tmp_path / "out", show_progress=False, log=lambda _: None)
+    trains = [(c, experiment.result(c)) for c in experiment.cells if c.kind == "train"]
+    # every point is within 100 points: the lowest train-forget ACC wins (ties: the higher train retain)
+    chosen_cell, chosen = min(
+        trains,
+        key=lambda e: (e[1]["metrics"]["train_forget"]["acc"], -e[1]["metrics"]["train_retain"]["acc"]),
+    )
+    rows = read_json(experiment.out / "table1.json")["rows"]
+    assert [r["method"] for r in rows] == ["Vanilla", "Fine-tuned", "SPUL"]
+    assert rows[2]["lr"] == chosen_cell.sweep["lr"]
+    assert rows[2]["test_forget_acc"] == chosen["metrics"]["test_forget"]["acc"]
+    assert "Swept runs show one point" in (experiment.out / "table1.md").read_text()
+    search = read_json(experiment.out / "search.json")["rows"]
+    assert [r["lr"] for r in search] == [1e-4, 3e-2]
+    assert sorted(r["status"] for r in search) == ["chosen", "kept"]
+    assert "**Search:" in (experiment.out / "report.md").read_text()
+
+    with pytest.raises(SpulError, match="runs.0: `select` picks one point of a sweep"):
+        parse_config(
+            config_dict(workspace["models"], workspace["data"], runs=[{"method": "ga", "select": {}}])
+        )
+
+
+def test_a_training_setting_equal_to_the_methods_default_is_the_same_cell(workspace):
+    def train_ids(runs):
+        config = parse_config(config_dict(workspace["models"][:1], workspace["data"], runs=runs))
+        return [c.id for c in Experiment(config, "x").cells if c.kind == "train"]
+
+    (plain,) = train_ids([{"method": "ga", "training": {"batch_size": 8}}])
+    (explicit,) = train_ids([{"method": "ga", "training": {"batch_size": 8, "epochs": 1, "lr": 1e-5}}])
+    swept = train_ids([{"method": "ga", "training": {"batch_size": 8}, "sweep": {"lr": [1e-6, 1e-5]}}])
+    assert explicit == plain and swept[1] == plain and swept[0] != plain
+
+
+def test_adding_figure1_later_embeds_finished_cells_without_training(workspace, tmp_path, monkeypatch):
+    runs = [{"method": "spul", "options": {"p": 2}, "training": TRAIN}]
+    first = parse_config(
+        config_dict(workspace["models"][:1], workspace["data"], runs=runs, artefacts=["table1"])
+    )
+    run_experiment(first, tmp_path / "out", show_progress=False, log=lambda _: None)
+    later = first.model_copy(update={"artefacts": ["table1", "figure1"]})
+    calls = count_calls(monkeypatch, "train_artifact")
+    messages = []
+    experiment = run_experiment(later, tmp_path / "out", show_progress=False, log=messages.append)
+    assert calls == []
+    assert sum("added the states figure1 needs" in m for m in messages) == 2  # fine-tuned + SPUL
+    assert (experiment.out / "figure1.png").read_bytes()[:8] == PNG
+    assert all(state == "done" for _, state in experiment.status())

@@ -204,6 +204,7 @@ def evaluate_cmd(
             keywords,
             test,
             selection["tau"],
+            selection.get("max_chars"),
         )
     else:
         dataset = load_dataset(data, data_dir, limit, seed, label_words, generic_words, regex, keywords, test)
@@ -311,23 +312,36 @@ TauOpt = Annotated[float, typer.Option(help="fraction of train_forget to use (fo
 
 
 def _datasets(
-    data, data_dir, limit, eval_limit, seed, label_words, generic_words, regex, keywords, test, tau
+    data,
+    data_dir,
+    limit,
+    eval_limit,
+    seed,
+    label_words,
+    generic_words,
+    regex,
+    keywords,
+    test,
+    tau,
+    max_chars=None,
 ):
-    """Training data (sampled with tau and --limit) and evaluation data: its train splits are drawn from
-    the rows actually trained on, its test splits from the whole test data (both capped by --eval-limit)."""
+    """Training data (--limit rows per split, then tau of the forget set) and evaluation data: its train
+    splits are drawn from the rows actually trained on, its test splits from the limited test data (both
+    capped by --eval-limit). The same draw as `spul experiment`, so either's prompt evaluates alike."""
     full = load_dataset(data, data_dir, None, seed, label_words, generic_words, regex, keywords, test)
     report_warnings(full)
-    return _training_sets(full, limit, eval_limit, seed, tau)
+    return _training_sets(full.cut(max_chars), limit, eval_limit, seed, tau)
 
 
 def _training_sets(full, limit, eval_limit, seed, tau):
     """Sample the training data from `full` and draw the evaluation data as `_datasets` describes."""
-    training = full.sample(tau=tau, limit=parse_limit(limit), seed=seed)
+    limited = full.sample(limit=parse_limit(limit), seed=seed)
+    training = limited.sample(tau=tau, seed=seed)
     if eval_limit is None:
         return training, training
     cap = parse_limit(eval_limit)
-    from_train, from_full = training.sample(limit=cap, seed=seed), full.sample(limit=cap, seed=seed)
-    splits = {name: (from_train if name.startswith("train") else from_full)[name] for name in full.splits}
+    from_train, from_limited = training.sample(limit=cap, seed=seed), limited.sample(limit=cap, seed=seed)
+    splits = {name: (from_train if name.startswith("train") else from_limited)[name] for name in full.splits}
     return training, replace(training, splits=splits, warnings=[])
 
 
@@ -516,7 +530,7 @@ def unlearn_cmd(
         seed=seed,
         checkpoint_every=checkpoint_every,
     )
-    selection = {"data": data, "limit": limit, "tau": tau, "seed": seed}
+    selection = {"data": data, "limit": limit, "tau": tau, "seed": seed, "order": "limit, then tau"}
     if ledger is not None:
         selection["ledger"] = str(ledger)
     _train_verb(

@@ -160,6 +160,13 @@ class UnlearningData:
                 splits[name] = split.subset(_sample_indices(len(split), limits[name], seed, stream))
         return replace(self, splits=splits, warnings=list(self.warnings))
 
+    def cut(self, max_chars: int | None) -> UnlearningData:
+        """Every text cut to `max_chars` characters (None: unchanged), e.g. long reviews on a CPU."""
+        if max_chars is None:
+            return self
+        splits = {n: replace(s, texts=[t[:max_chars] for t in s.texts]) for n, s in self.splits.items()}
+        return replace(self, splits=splits, warnings=list(self.warnings))
+
     def _limits(self, limit: int | Mapping[str, int] | None) -> dict[str, int]:
         """Normalise `limit` to a per-split dict, checking split names and values."""
         if limit is None:

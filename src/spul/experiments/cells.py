@@ -102,11 +102,22 @@ def _cell(kind: str, config: ExperimentConfig, model: ModelEntry, dataset: Datas
             "tau": tau,
             "method": run.method,
             "options": kw["options"],
-            "training": kw["training"],
+            "training": without_defaults(run.method, kw["options"], kw["training"]),
             "eval_each_epoch": run.eval_each_epoch,
         }
     rest = {k: v for k, v in kw.items() if k != "tau"}
     return Cell(kind, model, dataset, tau=tau, settings=settings, **rest)
+
+
+def without_defaults(method: str, options: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+    """Training settings less those equal to the method's own default (writing a default out is the same
+    cell as leaving it out, so e.g. sweeping lr over the default reuses the finished default cell)."""
+    from spul.methods import METHODS
+
+    if method not in METHODS:  # reported by Experiment.check with the run's index
+        return training
+    defaults = METHODS[method].training_defaults(options)
+    return {k: v for k, v in training.items() if k not in defaults or defaults[k] != v}
 
 
 def aliased(options: dict[str, Any]) -> dict[str, Any]:

@@ -96,12 +96,25 @@ class StageEntry(Strict):
         return value
 
 
+class SelectEntry(Strict):
+    """How the method tables (1 and 4) pick one point of a run's sweep, e.g. its learning rate.
+
+    Among the points whose train-retain ACC stays within `retain_within` points of the model unlearning
+    starts from (the fine-tuned row, else the vanilla row), the one with the lowest train-forget ACC; when
+    none qualifies, the one with the highest train-retain ACC. Only train splits (rows the model was
+    trained on, which the deployer has) are looked at: the test splits play no part in the choice.
+    """
+
+    retain_within: float = Field(5.0, ge=0)
+
+
 class RunEntry(StageEntry):
     """An unlearning run; `sweep` maps a key (alpha, beta, p, tau, lr, ...) to the values to try."""
 
     method: str
     label: str | None = None
     sweep: dict[str, list[Any]] = {}
+    select: SelectEntry | None = None  # method tables show one chosen sweep point (a search), not all
     eval_each_epoch: bool = False
 
     @field_validator("sweep")
@@ -179,6 +192,13 @@ class ExperimentConfig(Strict):
         specs = [m.spec for m in self.models]
         if len(set(specs)) != len(specs):
             raise ValueError("the same model spec is listed twice")
+        reference_row = self.finetuned_row if self.finetune is not None else self.vanilla_row
+        for index, run in enumerate(self.runs):
+            if run.select is not None and not run.sweep:
+                raise ValueError(f"runs.{index}: `select` picks one point of a sweep; the run has no sweep")
+            if run.select is not None and not reference_row:
+                row = "finetuned_row" if self.finetune is not None else "vanilla_row"
+                raise ValueError(f"runs.{index}: `select` compares with the {row}, which is turned off")
         if "figure1" in self.artefacts and not self.runs:
             raise ValueError("figure1 needs at least one run (its 'after unlearning' panel)")
         return self

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from spul.experiments.cells import Cell
 from spul.experiments.embeddings import load_embeddings
 from spul.experiments.figures import Panel, p_sweep_figure, tsne_figure
-from spul.experiments.tables import Table, build_table, efficiency_table
+from spul.experiments.tables import Table, build_table, efficiency_table, search_table
 from spul.io import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -92,6 +92,10 @@ def write_outputs(experiment: Experiment, entries: Entries) -> list[Path]:
             table = build_table(name, entries)
             written += write_table(out, table)
             sections += [table.markdown(), ""]
+            search = search_table(entries) if name in ("table1", "table4") else None
+            if search is not None and (out / "search.md") not in written:
+                written += write_table(out, search)
+                sections += [search.markdown(), ""]
             if name == "figure2":
                 path = out / "figure2.png"
                 p_sweep_figure(table, path)

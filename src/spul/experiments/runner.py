@@ -53,14 +53,6 @@ def limit_text(limit: int | dict[str, int] | None) -> str | None:
     return ",".join(f"{k}={v}" for k, v in limit.items())
 
 
-def cut_texts(data: UnlearningData, max_chars: int | None) -> UnlearningData:
-    """Every text cut to `max_chars` characters (None: unchanged)."""
-    if max_chars is None:
-        return data
-    splits = {n: replace(s, texts=[t[:max_chars] for t in s.texts]) for n, s in data.splits.items()}
-    return replace(data, splits=splits, warnings=list(data.warnings))
-
-
 @dataclass
 class Prepared:
     """The rows a cell trains on and the rows it is scored on."""
@@ -175,7 +167,7 @@ class Experiment:
             )
             for warning in full.warnings:
                 self.log(f"warning: {dataset.label}: {warning}")
-            full = cut_texts(full, dataset.max_chars)
+            full = full.cut(dataset.max_chars)
             self._limited[key] = full.sample(limit=dataset.limit, seed=dataset.seed)
         return self._limited[key]
 
@@ -339,11 +331,7 @@ class Experiment:
         del lm
         gc.collect()
         if self.needs_embeddings(cell):
-            # the saved artifact as a user gets it: a prompt in front, an adapter merged, the unlearned
-            # weights, or demonstrations before each text
-            unlearned = load_unlearned(artifact, device=self.device, precision=self.config.precision)
-            self._embed(cell, unlearned.lm, folder, unlearned.prompt, unlearned.encoder)
-            del unlearned
+            self._embed_artifact(cell, artifact, folder)
         if not self.config.keep_artifacts:
             shutil.rmtree(artifact, ignore_errors=True)
         return {
@@ -357,6 +345,29 @@ class Experiment:
             "best_epoch": manifest.get("best_epoch"),
             "history": manifest.get("history", []),
         }
+
+    def _embed_artifact(self, cell: Cell, artifact: Path, folder: Path) -> None:
+        """States under the saved artifact as a user gets it: a prompt in front, an adapter merged, the
+        unlearned weights, or demonstrations before each text."""
+        unlearned = load_unlearned(artifact, device=self.device, precision=self.config.precision)
+        self._embed(cell, unlearned.lm, folder, unlearned.prompt, unlearned.encoder)
+        del unlearned
+        gc.collect()
+
+    def add_embeddings(self, cell: Cell) -> bool:
+        """Give a finished cell the states figure1 needs without training it again; False when its
+        artifact was not kept (then the cell has to run again)."""
+        folder = self.cell_dir(cell)
+        if cell.kind == "train":
+            artifact = folder / "artifact"
+            if not (artifact / MANIFEST).is_file():
+                return False
+            self._embed_artifact(cell, artifact, folder)
+            return True
+        adapter = self.finetuned(cell) if cell.kind == "finetuned" else None
+        self._embed(cell, self.load(cell.model, adapter), folder)
+        gc.collect()
+        return True
 
     def _embed(
         self, cell: Cell, lm: LoadedModel, folder: Path, prefix=None, encoder: Encoder | None = None
@@ -387,6 +398,8 @@ class Experiment:
             where = f"[{number}/{total}] {cell.id} {cell.describe()}"
             if self.is_done(cell):
                 self.log(f"{where}: done before, skipped")
+            elif self.result(cell) is not None and self.add_embeddings(cell):
+                self.log(f"{where}: done before; added the states figure1 needs")
             else:
                 self.log(f"{where}: running")
                 start = time.perf_counter()

@@ -9,6 +9,7 @@ from typing import Any
 
 from spul.data.splits import SPLITS
 from spul.experiments.cells import Cell
+from spul.experiments.selection import Search, select_runs
 
 # Columns a table may show besides its leading ones (only where their value differs between rows).
 # Sweep tables may show any setting; method tables (1, 4, efficiency) only what tells their rows apart
@@ -22,6 +23,7 @@ HEADERS = {
     "peak_memory_mib": "peak memory (MiB)",
     "memory_growth_mib": "added during training (MiB)",
     "memory": "memory measured",
+    "retain_drop": "retain drop",
 }
 
 
@@ -38,8 +40,9 @@ def cell_values(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
     for key in ("alpha", "beta"):
         if key in method:
             values[key] = method[key]
-    values["lr"] = training.get("lr")
-    values["epochs"] = training.get("epochs")
+    if training.get("epochs"):  # a method that trains nothing (ICUL) has no lr to show
+        values["lr"] = training.get("lr")
+        values["epochs"] = training.get("epochs")
     for key, value in cell.sweep.items():
         values.setdefault(key, value)
     return {k: v for k, v in values.items() if v is not None}
@@ -76,6 +79,7 @@ class Table:
     rows: list[dict[str, Any]]  # each {"values": {...}, "metrics": {split: {acc, f1, other, n}}}
     metric_columns: list[str] = field(default_factory=lambda: list(SPLITS))
     formatters: dict[str, Any] = field(default_factory=dict)  # metric column -> fn(row) -> str (markdown)
+    notes: list[str] = field(default_factory=list)  # lines printed under the markdown table
 
     def markdown(self) -> str:
         """The table in the paper's layout: one row per model/method, `ACC / F1` per split."""
@@ -85,6 +89,8 @@ class Table:
             cells = [format_value(k, row["values"].get(k)) for k in self.keys]
             cells += [self._metric_cell(row, c) for c in self.metric_columns]
             lines.append("| " + " | ".join(cells) + " |")
+        if self.notes:
+            lines += ["", *self.notes]
         return "\n".join(lines) + "\n"
 
     def _metric_cell(self, row: dict[str, Any], column: str) -> str:
@@ -140,6 +146,10 @@ def build_table(name: str, entries: list[tuple[Cell, dict[str, Any]]]) -> Table:
     run that has them; rows lacking a leading key (e.g. no alpha for a LoRA run) are left out.
     """
     title, leading, kinds = TABLES[name]
+    notes, searches = [], []
+    if kinds == ALL:  # a method table: a selecting run shows its chosen sweep point only
+        entries, searches = select_runs(entries)
+        notes = selection_notes(searches)
     chosen = [(cell, result) for cell, result in entries if cell.kind in kinds]
     swept = [(cell, result) for cell, result in chosen if set(cell.sweep) & set(leading)]
     if kinds == ("train",) and swept:
@@ -149,7 +159,58 @@ def build_table(name: str, entries: list[tuple[Cell, dict[str, Any]]]) -> Table:
     sweep_keys = [k for cell, _ in entries for k in cell.sweep]
     base = CANDIDATE_KEYS if kinds == ("train",) else ROW_KEYS
     candidates = [k for k in dict.fromkeys([*base, *sweep_keys]) if k not in leading]
-    return Table(name, title, leading + varying_keys(rows, candidates), rows)
+    keys = leading + varying_keys(rows, candidates)
+    keys += [k for k in dict.fromkeys(k for s in searches for k in s.chosen[0].sweep) if k not in keys]
+    return Table(name, title, keys, rows, notes=notes)
+
+
+def selection_notes(searches: list[Search]) -> list[str]:
+    """How the shown points were chosen, and which runs found no point within the bound."""
+    if not searches:
+        return []
+    within = sorted({s.within for s in searches})
+    bound = " / ".join(f"{w:g}" for w in within)
+    notes = [
+        f"Swept runs show one point (see search.md): the lowest train-forget ACC among the points keeping "
+        f"train-retain ACC within {bound} points of the model they start from; test splits are not used."
+    ]
+    for search in searches:
+        if not search.qualified:
+            cell = search.chosen[0]
+            notes.append(
+                f"{cell.label} ({cell.model.name}, {cell.dataset.label}): no point kept train retain "
+                f"within {search.within:g} points of {search.reference_acc:.2f}; the one keeping most "
+                "retain is shown."
+            )
+    return notes
+
+
+def search_table(entries: list[tuple[Cell, dict[str, Any]]]) -> Table | None:
+    """Every point of each selecting run, with whether it kept retain and which one the tables show."""
+    _, searches = select_runs(entries)
+    if not searches:
+        return None
+    rows = []
+    for search in searches:
+        for entry in search.points:
+            cell, result = entry
+            drop = search.reference_acc - float(result["metrics"]["train_retain"]["acc"])
+            status = "chosen" if entry is search.chosen else "kept" if search.kept(entry) else "-"
+            metrics = result["metrics"] | {"retain_drop": round(drop, 2), "status": status}
+            rows.append({"values": cell_values(cell, result), "metrics": metrics})
+    sweep_keys = [k for search in searches for cell, _ in search.points for k in cell.sweep]
+    keys = varying_keys(rows, ["data", "model"]) + ["method", *dict.fromkeys(sweep_keys)]
+    columns = [*SPLITS, "retain_drop", "status"]
+    formatters = {
+        "retain_drop": lambda r: f"{r['metrics']['retain_drop']:+.2f}",
+        "status": lambda r: r["metrics"]["status"],
+    }
+    title = (
+        "Search: every swept point of the selecting runs, ACC / F1 (%); retain drop = points of "
+        "train-retain ACC lost against the model unlearning starts from; kept = within the bound; "
+        "chosen = the point the method tables show"
+    )
+    return Table("search", title, keys, rows, columns, formatters)
 
 
 def efficiency_table(
