@@ -445,3 +445,27 @@ def test_adding_figure1_later_embeds_finished_cells_without_training(workspace, 
     assert sum("added the states figure1 needs" in m for m in messages) == 2  # fine-tuned + SPUL
     assert (experiment.out / "figure1.png").read_bytes()[:8] == PNG
     assert all(state == "done" for _, state in experiment.status())
+
+
+def test_isolated_cells_train_in_their_own_process(workspace, tmp_path, monkeypatch):
+    runs = [{"method": "spul", "options": {"p": 2}, "training": TRAIN}]
+    config = parse_config(
+        config_dict(
+            workspace["models"][:1],
+            workspace["data"],
+            runs=runs,
+            artefacts=["table1", "efficiency"],
+            isolate_cells=True,
+        )
+    )
+    calls = count_calls(monkeypatch, "train_artifact")  # patched here, not in the child process
+    experiment = run_experiment(config, tmp_path / "out", show_progress=False, log=lambda _: None)
+    assert calls == ["finetune"]  # the fine-tuned row's stage, in this process; SPUL ran in a child
+    (cell,) = [c for c in experiment.cells if c.kind == "train"]
+    assert experiment.result(cell)["efficiency"]["peak_memory_mib"] > 10
+    assert [r["method"] for r in read_json(experiment.out / "efficiency.json")["rows"]] == [
+        "Fine-tuning (LoRA)",
+        "SPUL",
+    ]
+    result = CliRunner().invoke(app, ["experiment", str(experiment.out / "config.json"), "--cell", "nope"])
+    assert result.exit_code == 2 and "no cell 'nope'" in result.output

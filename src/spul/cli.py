@@ -654,6 +654,9 @@ def experiment_cmd(
         Path | None, typer.Option(help="folder of cached fine-tuned models, shareable by experiments")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="list the cells and which are done; run nothing")] = False,
+    cell: Annotated[
+        str | None, typer.Option(help="run only the cell with this id (writes its result, no tables)")
+    ] = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -661,6 +664,15 @@ def experiment_cmd(
     from spul.experiments import Experiment, load_config, run_experiment
 
     settings = load_config(config)
+    if cell is not None:
+        folder = out or Path(settings.out or Path("runs") / "experiments" / settings.name)
+        experiment = Experiment(settings, folder, cache_dir=cache_dir, device=device, show_progress=not quiet)
+        experiment.check()
+        chosen = [c for c in experiment.cells if c.id == cell]
+        if not chosen:
+            raise SpulError(f"{config}: no cell {cell!r}; `--dry-run` lists the cell ids")
+        experiment.run_cell(chosen[0])
+        return
     if dry_run:
         folder = out or Path(settings.out or Path("runs") / "experiments" / settings.name)
         experiment = Experiment(settings, folder, cache_dir=cache_dir, device=device)

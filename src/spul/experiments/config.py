@@ -157,6 +157,8 @@ class ExperimentConfig(Strict):
     precision: str = "auto"
     eval_batch_size: int = Field(32, ge=1)
     keep_artifacts: bool = True  # keep each run's trained artifact under cells/<id>/artifact
+    # train each run in a fresh process, so the efficiency table's peak memory is that method's alone
+    isolate_cells: bool = False
     figure1: Figure1Entry = Figure1Entry()
     out: str | None = None
     cache_dir: str | None = None

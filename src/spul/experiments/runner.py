@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -384,7 +385,24 @@ class Experiment:
         )
         save_embeddings(folder / EMBEDDINGS, hidden, points)
 
-    # ---- the whole experiment ---------------------------------------------------------------------
+    def run_cell_in_child(self, cell: Cell) -> None:
+        """Run one cell in a fresh `spul experiment --cell` process (its own peak memory); on Ctrl-C wait
+        for the child to save its checkpoint before stopping."""
+        command = [sys.executable, "-m", "spul", "experiment", str(self.out / "config.json")]
+        command += ["--out", str(self.out), "--cache-dir", str(self.cache_dir), "--cell", cell.id]
+        command += ["--device", self.device] if self.device else []
+        command += [] if self.show_progress else ["--quiet"]
+        child = subprocess.Popen(command)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            child.wait()  # the child got the same Ctrl-C and checkpoints
+            raise
+        if code != 0 or self.result(cell) is None:
+            raise SpulError(f"cell {cell.id} ({cell.describe()}) failed in its own process (exit {code})")
+
+        # ---- the whole experiment ---------------------------------------------------------------------
+
     def run(self) -> list[tuple[Cell, dict[str, Any]]]:
         """Run every pending cell in order, then write the tables and figures; return (cell, result)."""
         self.check()
@@ -403,7 +421,10 @@ class Experiment:
             else:
                 self.log(f"{where}: running")
                 start = time.perf_counter()
-                self.run_cell(cell)
+                if self.config.isolate_cells and cell.kind == "train":
+                    self.run_cell_in_child(cell)
+                else:
+                    self.run_cell(cell)
                 self.log(f"{where}: finished in {time.perf_counter() - start:.0f} s")
             results.append((cell, self.result(cell)))
         from spul.experiments.outputs import write_outputs
