@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from spul import engine
 from spul.audit import report as audit_report
-from spul.audit.members import audit_splits, membership_check
+from spul.audit.members import membership_check
 from spul.audit.mia import (
     TokenStats,
     example_scores,
@@ -35,6 +35,7 @@ from spul.audit.probes import (
 )
 from spul.audit.tokens import sequence_stats
 from spul.cli import app
+from spul.data.selection import pick
 from spul.engine import OTHER, Scores, score
 from spul.prompting import Encoder, Template, Verbalizer
 
@@ -272,7 +273,7 @@ def test_probe_accuracy_rescores_only_changed_rows(toy, monkeypatch):
 
 def test_membership_check_flags_rows_not_trained_on(toy):
     trained = toy.sample(limit={"train_forget": 6}, seed=0)
-    data = audit_splits(toy, trained, 4, seed=1)
+    data = pick(trained, toy, 4, seed=1)
     assert set(data.train_forget.texts) <= set(trained.train_forget.texts)
     assert len(data.test_forget) == 4
     ok = membership_check(data, trained, trained.train_forget.fingerprint(), finetune_trained=toy)

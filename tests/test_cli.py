@@ -102,11 +102,11 @@ def test_custom_template_and_bad_template(tmp_path, tiny_model_dir, toy_dir):
 def test_unlearning_rows_are_a_share_of_the_rows_fine_tuned_on(toy):
     """--limit first, then --tau: with the same --limit as `spul finetune`, the forget rows are ones the
     model was fine-tuned on (the order `spul experiment` uses, so their prompts evaluate alike)."""
-    from spul.cli import _training_sets
+    from spul.data.selection import Selection, parse_limit
 
-    limit = "train_forget=8,train_retain=10"
-    finetuned, _ = _training_sets(toy, limit, None, 0, 1.0)
-    unlearned, evaluation = _training_sets(toy, limit, "3", 0, 0.5)
+    limit = parse_limit("train_forget=8,train_retain=10")
+    finetuned, _ = Selection("toy", limit=limit).draw(toy)
+    unlearned, evaluation = Selection("toy", limit=limit, tau=0.5, eval_limit=3).draw(toy)
     assert len(unlearned.train_forget) == 4
     assert set(unlearned.train_forget.texts) < set(finetuned.train_forget.texts)
     assert unlearned.train_retain.texts == finetuned.train_retain.texts

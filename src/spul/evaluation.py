@@ -1,11 +1,13 @@
-"""Four-split evaluation of a (possibly prompted) model."""
+"""Four-split evaluation of a (possibly prompted) model, and the paper's Vanilla / Fine-tuned / method rows."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from spul.data.splits import SPLITS, UnlearningData
 from spul.engine import PrefixFn, score
 from spul.metrics import split_metrics
-from spul.models import LoadedModel
+from spul.models import LoadedModel, load_model
 from spul.prompting import Encoder, Template, Verbalizer
 
 
@@ -44,3 +46,37 @@ def evaluate(
         )
         table[name] = split_metrics(split.labels, scores.predicted, len(verbalizer))
     return table
+
+
+def compare(
+    unlearned: Any,
+    data: UnlearningData,
+    *,
+    title: str,
+    batch_size: int = 32,
+    show_progress: bool = True,
+    **load_options: Any,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Table 1's rows for a saved artifact (an `Unlearned`): the untouched base model ("Vanilla"), the
+    fine-tuned model it started from ("Fine-tuned", when it has one) and the artifact itself (`title`).
+    `load_options` (device, precision, device_map) load the other two models."""
+    spec = unlearned.manifest["base_model"]["spec"]
+    template, show = unlearned.template, show_progress
+    rows = {title: unlearned.evaluate(data, batch_size=batch_size, show_progress=show)}
+    if unlearned.base_adapter is not None:
+        finetuned = _finetuned_model(unlearned, spec, load_options)
+        rows["Fine-tuned"] = evaluate(
+            finetuned, data, template=template, batch_size=batch_size, show_progress=show
+        )
+    vanilla = load_model(spec, **load_options)
+    rows["Vanilla"] = evaluate(vanilla, data, template=template, batch_size=batch_size, show_progress=show)
+    return {k: rows[k] for k in ("Vanilla", "Fine-tuned", title) if k in rows}
+
+
+def _finetuned_model(unlearned: Any, spec: str, load_options: dict[str, Any]) -> LoadedModel:
+    """The fine-tuned model under an artifact: a prompt or a context leaves it as it is (so it is the model
+    already loaded); an adapter or new weights replace it, so it is loaded again."""
+    # TODO(h2): artifact-kind loader
+    if unlearned.kind in ("prompt", "context"):
+        return unlearned.lm
+    return load_model(spec, adapter=unlearned.base_adapter, **load_options)

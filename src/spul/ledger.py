@@ -20,31 +20,28 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import functools
 import hashlib
 import json
 import re
-import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spul.data.rules import KeywordRule, RegexRule, TextRule
+from spul.data.presets import pooled_data
+from spul.data.rules import HashRule, KeywordRule, RegexRule, TextRule, UnionRule, read_lines, text_hash
+from spul.data.selection import Selection
 from spul.data.splits import Split, UnlearningData
-from spul.errors import DataError, SpulError
+from spul.errors import SpulError
 from spul.io import write_json_atomic
+from spul.reporting import report_warnings, warn
+
+__all__ = ["HashRule", "UnionRule", "text_hash"]  # re-exported: requests match rows by these
 
 FORMAT = "spul-ledger/1"
 KINDS = ("texts", "regex", "keywords")
 STATUSES = ("open", "covered")
 _ID = re.compile(r"req-(\d+)")
-
-
-@functools.lru_cache(maxsize=1 << 17)  # the same rows are hashed once per request and per split
-def text_hash(text: str) -> str:
-    """sha256 of a text, whitespace-trimmed and NFC-normalised (how requests and data rows are matched)."""
-    return hashlib.sha256(unicodedata.normalize("NFC", text.strip()).encode("utf-8")).hexdigest()
 
 
 def now() -> str:
@@ -87,39 +84,6 @@ class DeletionRequest:
     def to_json(self) -> dict[str, Any]:
         """The JSON object stored in the ledger (unset fields left out)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-class HashRule(TextRule):
-    """Forget texts whose `text_hash` is one of the given hashes."""
-
-    def __init__(self, hashes: Iterable[str]) -> None:
-        self.hashes = set(hashes)
-
-    def select(self, texts: Sequence[str]) -> list[bool]:
-        """True where the text's hash was requested."""
-        return [text_hash(t) in self.hashes for t in texts]
-
-    def describe(self) -> str:
-        """E.g. `3 text hashes`."""
-        return f"{len(self.hashes)} text hashes"
-
-
-class UnionRule(TextRule):
-    """Forget a text when any of the requests' rules selects it."""
-
-    def __init__(self, rules: Sequence[TextRule], names: Sequence[str]) -> None:
-        self.rules, self.names = list(rules), list(names)
-
-    def select(self, texts: Sequence[str]) -> list[bool]:
-        """True where any rule matches."""
-        flags = [False] * len(texts)
-        for rule in self.rules:
-            flags = [a or b for a, b in zip(flags, rule.select(texts), strict=True)]
-        return flags
-
-    def describe(self) -> str:
-        """E.g. `deletion requests req-0001, req-0002`."""
-        return f"deletion requests {', '.join(self.names)}"
 
 
 @dataclass
@@ -243,68 +207,10 @@ def locked(path: str | Path, *, missing_ok: bool = False) -> Iterator[Ledger]:
 
 def read_texts(file: str | Path) -> list[str]:
     """Texts of a request file: one per line, blank lines skipped."""
-    path = Path(file)
-    if not path.is_file():
-        raise SpulError(f"{path}: file not found")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise SpulError(f"{path}: not valid UTF-8") from err
-    texts = [line for line in lines if line.strip()]
+    texts = [line for line in read_lines(file) if line.strip()]
     if not texts:
-        raise SpulError(f"{path}: no text in the file (one text per line)")
+        raise SpulError(f"{file}: no text in the file (one text per line)")
     return texts
-
-
-def _merged(a: Split, b: Split, name: str) -> Split:
-    """Two splits as one pool (rows keep their own numbering; the source names both files)."""
-    return Split(
-        name,
-        a.texts + b.texts,
-        a.labels + b.labels,
-        f"{a.source} + {b.source}",
-        rows=(a.rows or []) + (b.rows or []),
-        line_offset=a.line_offset if a.line_offset == b.line_offset else None,
-    )
-
-
-def pools(
-    spec: str,
-    *,
-    data_dir: str | Path | None,
-    test_path: str | Path | None,
-    label_words: Sequence[str],
-    generic_words: Sequence[str],
-) -> tuple[Split, Split]:
-    """The training and test rows of a dataset, before any forget rule: raw train/test files as they are,
-    a four-split dataset with its forget and retain splits merged back (the ledger decides what to forget)."""
-    from spul.data.presets import PRESETS, resolve_data_dir
-    from spul.data.sources import read_split
-
-    words = tuple(label_words)
-    path = Path(spec).expanduser()
-    if path.is_file():
-        if test_path is None:
-            raise DataError(f"{path} is a single train file: give the test file too (--test)")
-        return read_split(path, "train", words), read_split(test_path, "test", words)
-    preset = PRESETS.get(spec)
-    if preset is not None and preset.raw is not None:
-        root = resolve_data_dir(data_dir)
-        if root is None:
-            raise DataError(
-                f"--ledger with {spec} needs its local files: pass --data-dir or set $SPUL_DATA_DIR"
-            )
-        train, test = (root / p for p in preset.raw)
-        return read_split(train, "train", words), read_split(test, "test", words)
-    from spul.data.presets import load_data
-
-    data = load_data(
-        spec, data_dir=data_dir, label_words=words, generic_words=tuple(generic_words), strict_overlap=False
-    )
-    return (
-        _merged(data.train_retain, data.train_forget, "train"),
-        _merged(data.test_retain, data.test_forget, "test"),
-    )
 
 
 def ledger_data(
@@ -316,43 +222,54 @@ def ledger_data(
     label_words: Sequence[str] = ("negative", "positive"),
     generic_words: Sequence[str] = ("neutral", "unknown"),
 ) -> UnlearningData:
-    """The four splits with forget = rows matched by any request of the ledger.
+    """The four splits with forget = rows matched by any request of the ledger (see `pooled_data`)."""
+    return pooled_data(
+        ledger.rule(),
+        spec,
+        origin=str(ledger.path),
+        data_dir=data_dir,
+        test_path=test_path,
+        label_words=label_words,
+        generic_words=generic_words,
+    )
 
-    When no test row matches (typical for requests by text), test_forget is the train_forget rows, so the
-    table still shows how the prompt answers on the forgotten rows; a warning says so.
-    """
-    rule = ledger.rule()
-    train, test = pools(
-        spec, data_dir=data_dir, test_path=test_path, label_words=label_words, generic_words=generic_words
+
+def ledger_rows(
+    selection: Selection,
+    *,
+    data_dir: str | Path | None = None,
+    test_path: str | Path | None = None,
+    label_words: Sequence[str] = ("negative", "positive"),
+    generic_words: Sequence[str] = ("neutral", "unknown"),
+) -> tuple[UnlearningData, UnlearningData, list[str], dict[str, dict[str, int]]]:
+    """Training and evaluation rows whose forget set is the requests of `selection.ledger`, the ids of the
+    requests this run fully covers and the per-request row counts (SpulError when it covers none)."""
+    book = Ledger.load(selection.ledger)
+    full = ledger_data(
+        book,
+        selection.data,
+        data_dir=data_dir,
+        test_path=test_path,
+        label_words=label_words,
+        generic_words=generic_words,
     )
-    parts: dict[str, Split] = {}
-    warnings = []
-    for name, split in (("train", train), ("test", test)):
-        flags = rule.select(split.texts)
-        forget = [i for i, f in enumerate(flags) if f]
-        retain = [i for i, f in enumerate(flags) if not f]
-        if name == "train" and not forget:
-            raise SpulError(f"{ledger.path}: no request matches any training row of {split.source}")
-        if not retain:
-            raise SpulError(f"{ledger.path}: the requests match every row of {split.source}")
-        parts[f"{name}_retain"] = replace(split.subset(retain), name=f"{name}_retain")
-        if forget:
-            parts[f"{name}_forget"] = replace(split.subset(forget), name=f"{name}_forget")
-    if "test_forget" not in parts:
-        parts["test_forget"] = replace(parts["train_forget"], name="test_forget")
-        warnings.append(
-            f"no test row matches the deletion requests of {ledger.path}: "
-            "test_forget shows the train_forget rows again"
+    report_warnings(full)
+    training, evaluation = selection.draw(full)
+    counts = coverage(book, full, training)
+    for rid, c in counts.items():
+        if c["rows"] == 0:
+            warn(f"{rid} matches no training row; it stays open")
+        elif c["trained"] < c["rows"]:
+            warn(
+                f"{rid}: only {c['trained']} of its {c['rows']} training rows are trained on "
+                "(--tau / --limit); it stays open"
+            )
+    ids = covered_ids(counts)
+    if not ids:
+        raise SpulError(
+            f"{selection.ledger}: this run would fully cover no request (drop --tau / a train_forget --limit)"
         )
-    order = ("train_retain", "train_forget", "test_retain", "test_forget")
-    data = UnlearningData(
-        {k: parts[k] for k in order},
-        label_words=tuple(label_words),
-        generic_words=tuple(generic_words),
-        name=f"{Path(spec).name or spec}+{ledger.path.name}",
-        warnings=warnings,
-    )
-    return data.validate()
+    return training, evaluation, ids, counts
 
 
 def coverage(ledger: Ledger, pool: UnlearningData, trained: UnlearningData) -> dict[str, dict[str, int]]:

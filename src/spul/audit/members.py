@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from spul.artifacts import MANIFEST, read_manifest
+from spul.data.selection import Limit, pick, trained_selection
 from spul.data.splits import UnlearningData
-
-
-def audit_splits(
-    full: UnlearningData, trained: UnlearningData, limit: int | dict[str, int] | None, seed: int
-) -> UnlearningData:
-    """Train splits from the rows trained on, test splits from the whole data, capped by `limit`."""
-    from_train, from_full = trained.sample(limit=limit, seed=seed), full.sample(limit=limit, seed=seed)
-    splits = {n: (from_train if n.startswith("train") else from_full)[n] for n in full.splits}
-    return replace(trained, splits=splits, warnings=[])
 
 
 def membership_check(
@@ -49,17 +40,6 @@ def membership_check(
     return check
 
 
-def _trained_rows(full: UnlearningData, selection: dict[str, Any] | None) -> UnlearningData | None:
-    """The rows a saved artifact was trained on, rebuilt from the selection in its spul.json."""
-    from spul.cli import parse_limit
-
-    if not selection:
-        return None
-    return full.sample(
-        tau=selection.get("tau", 1.0), limit=parse_limit(selection.get("limit")), seed=selection["seed"]
-    )
-
-
 def _finetune_rows(
     full: UnlearningData, trained: UnlearningData, adapter: str | None, data: str
 ) -> UnlearningData | None:
@@ -67,11 +47,11 @@ def _finetune_rows(
     fine-tune's data fingerprints equal them; None when unknown."""
     if adapter is None or not (Path(adapter) / MANIFEST).is_file():
         return None
-    record = read_manifest(adapter).get("data", {})
-    selection = record.get("selection")
-    if selection and selection.get("data") == data:
-        return _trained_rows(full, selection)
-    splits = record.get("train", {}).get("splits", {})
+    manifest = read_manifest(adapter)
+    selection = trained_selection(manifest, data)
+    if selection is not None:
+        return selection.draw(full)[0]
+    splits = manifest.get("data", {}).get("train", {}).get("splits", {})
     same = all(
         splits.get(name, {}).get("sha256") == trained[name].fingerprint()
         for name in ("train_retain", "train_forget")
@@ -80,37 +60,20 @@ def _finetune_rows(
 
 
 def audit_data(
-    prompt: str,
+    manifest: dict[str, Any],
+    full: UnlearningData,
     data: str,
-    data_dir: str | None,
-    limit: int | dict[str, int] | None,
+    limit: Limit,
     seed: int,
-    regex: str | None = None,
-    keywords: str | None = None,
-    test: str | None = None,
     adapter: str | None = None,
 ) -> tuple[UnlearningData, dict[str, Any]]:
-    """The audit's four splits (members = rows the prompt was trained on) and the membership check."""
-    from spul.cli import load_dataset, report_warnings
-
-    manifest = read_manifest(prompt)
-    full = load_dataset(
-        data,
-        data_dir,
-        None,
-        seed,
-        ",".join(manifest["label_words"]),
-        ",".join(manifest["generic_words"]),
-        regex,
-        keywords,
-        test,
-    )
-    report_warnings(full)
-    selection = manifest.get("data", {}).get("selection")
-    same_data = bool(selection) and selection.get("data") == data
-    trained = (_trained_rows(full, selection) if same_data else None) or full
+    """The audit's four splits of `full` (the whole `--data`) and the membership check of a saved artifact:
+    members = train rows it was trained on (drawn as its spul.json records), non-members = test rows (cut
+    like the members), each capped by `limit`."""
+    selection = trained_selection(manifest, data)
+    trained, pool = (selection.draw(full)[0], full.cut(selection.max_chars)) if selection else (full, full)
     adapter = adapter if adapter is not None else manifest["base_model"].get("adapter")
     finetune = _finetune_rows(full, trained, adapter, data)
-    dataset = audit_splits(full, trained, limit, seed)
+    dataset = pick(trained, pool, limit, seed)
     check = membership_check(dataset, trained, manifest.get("data", {}).get("forget_sha256"), finetune)
     return dataset, check

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spul.data.hub import load_hub
-from spul.data.rules import ForgetRule, load_with_rule
-from spul.data.sources import load_folder, table_format
-from spul.data.splits import DEFAULT_GENERIC_WORDS, DEFAULT_LABEL_WORDS, UnlearningData
-from spul.errors import DataError
+from spul.data.rules import ForgetRule, TextRule, load_with_rule
+from spul.data.sources import load_folder, read_split, table_format
+from spul.data.splits import DEFAULT_GENERIC_WORDS, DEFAULT_LABEL_WORDS, SPLITS, Split, UnlearningData
+from spul.errors import DataError, SpulError
 
 DATA_DIR_ENV = "SPUL_DATA_DIR"
-RULE_HINT = "pass a forget rule (--forget-regex, --forget-keywords or --forget-ids)"
+RULE_HINT = "pass a forget rule (--regex or --keywords; `spul unlearn` also takes --ledger)"
 
 
 @dataclass(frozen=True)
@@ -159,3 +159,96 @@ def _load_preset(name: str, data_dir: Path | None, rule: ForgetRule | None, comm
         unreachable_hint=preset.offline_note,
         **common,
     )
+
+
+def _merged(a: Split, b: Split, name: str) -> Split:
+    """Two splits as one pool (rows keep their own numbering; the source names both files)."""
+    return Split(
+        name,
+        a.texts + b.texts,
+        a.labels + b.labels,
+        f"{a.source} + {b.source}",
+        rows=(a.rows or []) + (b.rows or []),
+        line_offset=a.line_offset if a.line_offset == b.line_offset else None,
+    )
+
+
+def pools(
+    spec: str,
+    *,
+    data_dir: str | Path | None,
+    test_path: str | Path | None,
+    label_words: Sequence[str],
+    generic_words: Sequence[str],
+) -> tuple[Split, Split]:
+    """The training and test rows of a dataset, before any forget rule: raw train/test files as they are,
+    a four-split dataset with its forget and retain splits merged back (a new rule decides what to forget)."""
+    words = tuple(label_words)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if test_path is None:
+            raise DataError(f"{path} is a single train file: give the test file too (--test)")
+        return read_split(path, "train", words), read_split(test_path, "test", words)
+    preset = PRESETS.get(spec)
+    if preset is not None and preset.raw is not None:
+        root = resolve_data_dir(data_dir)
+        if root is None:
+            raise DataError(
+                f"--ledger with {spec} needs its local files: pass --data-dir or set $SPUL_DATA_DIR"
+            )
+        train, test = (root / p for p in preset.raw)
+        return read_split(train, "train", words), read_split(test, "test", words)
+    data = load_data(
+        spec, data_dir=data_dir, label_words=words, generic_words=tuple(generic_words), strict_overlap=False
+    )
+    return (
+        _merged(data.train_retain, data.train_forget, "train"),
+        _merged(data.test_retain, data.test_forget, "test"),
+    )
+
+
+def pooled_data(
+    rule: TextRule,
+    spec: str,
+    *,
+    origin: str,
+    data_dir: str | Path | None = None,
+    test_path: str | Path | None = None,
+    label_words: Sequence[str] = DEFAULT_LABEL_WORDS,
+    generic_words: Sequence[str] = DEFAULT_GENERIC_WORDS,
+) -> UnlearningData:
+    """The four splits of a dataset's pooled rows with forget = rows `rule` selects (`origin`, e.g. the
+    ledger file, names the rule in messages and in the data's name).
+
+    When no test row matches (typical for requests by text), test_forget is the train_forget rows, so the
+    table still shows how the prompt answers on the forgotten rows; a warning says so.
+    """
+    train, test = pools(
+        spec, data_dir=data_dir, test_path=test_path, label_words=label_words, generic_words=generic_words
+    )
+    parts: dict[str, Split] = {}
+    warnings = []
+    for name, split in (("train", train), ("test", test)):
+        flags = rule.select(split.texts)
+        forget = [i for i, f in enumerate(flags) if f]
+        retain = [i for i, f in enumerate(flags) if not f]
+        if name == "train" and not forget:
+            raise SpulError(f"{origin}: no request matches any training row of {split.source}")
+        if not retain:
+            raise SpulError(f"{origin}: the requests match every row of {split.source}")
+        parts[f"{name}_retain"] = replace(split.subset(retain), name=f"{name}_retain")
+        if forget:
+            parts[f"{name}_forget"] = replace(split.subset(forget), name=f"{name}_forget")
+    if "test_forget" not in parts:
+        parts["test_forget"] = replace(parts["train_forget"], name="test_forget")
+        warnings.append(
+            f"no test row matches the deletion requests of {origin}: test_forget shows the train_forget rows again"
+        )
+    data = UnlearningData(
+        {k: parts[k] for k in SPLITS},
+        label_words=tuple(label_words),
+        generic_words=tuple(generic_words),
+        name=f"{Path(spec).name or spec}+{Path(origin).name}",
+        warnings=warnings,
+    )
+    return data.validate()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -72,17 +75,62 @@ class KeywordRule(RegexRule):
         return f"keywords {self.keywords}"
 
 
+@functools.lru_cache(maxsize=1 << 17)  # the same rows are hashed once per request and per split
+def text_hash(text: str) -> str:
+    """sha256 of a text, whitespace-trimmed and NFC-normalised (how requests and data rows are matched)."""
+    return hashlib.sha256(unicodedata.normalize("NFC", text.strip()).encode("utf-8")).hexdigest()
+
+
+class HashRule(TextRule):
+    """Forget texts whose `text_hash` is one of the given hashes."""
+
+    def __init__(self, hashes: Iterable[str]) -> None:
+        self.hashes = set(hashes)
+
+    def select(self, texts: Sequence[str]) -> list[bool]:
+        """True where the text's hash was requested."""
+        return [text_hash(t) in self.hashes for t in texts]
+
+    def describe(self) -> str:
+        """E.g. `3 text hashes`."""
+        return f"{len(self.hashes)} text hashes"
+
+
+class UnionRule(TextRule):
+    """Forget a text when any of the rules selects it (e.g. every request of a deletion ledger)."""
+
+    def __init__(self, rules: Sequence[TextRule], names: Sequence[str]) -> None:
+        self.rules, self.names = list(rules), list(names)
+
+    def select(self, texts: Sequence[str]) -> list[bool]:
+        """True where any rule matches."""
+        flags = [False] * len(texts)
+        for rule in self.rules:
+            flags = [a or b for a, b in zip(flags, rule.select(texts), strict=True)]
+        return flags
+
+    def describe(self) -> str:
+        """E.g. `deletion requests req-0001, req-0002`."""
+        return f"deletion requests {', '.join(self.names)}"
+
+
+def read_lines(file: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (DataError naming the file when it is missing or not UTF-8)."""
+    path = Path(file)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8") from exc
+
+
 def read_ids(ids: Iterable[int] | str | Path) -> list[int]:
     """Row ids from a list, or from a text file with one id per line (blank lines, `#` comments skipped)."""
     if not isinstance(ids, (str, Path)):
         return [_as_id(v, "forget ids") for v in ids]
     path = Path(ids)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8") from exc
+    lines = read_lines(path)
     result = []
     for number, line in enumerate(lines, start=1):
         value = line.split("#", 1)[0].strip()
@@ -154,6 +202,13 @@ def make_rule(
     if keywords is not None:
         return KeywordRule([keywords] if isinstance(keywords, str) else keywords)
     return IdRule.load(ids, test_ids)
+
+
+def rule_from(regex: str | None = None, keywords: Iterable[str] | None = None) -> ForgetRule | None:
+    """The forget rule given on a command line (`--regex` or `--keywords`), None when neither is."""
+    if not regex and not keywords:
+        return None
+    return make_rule(regex=regex, keywords=keywords)
 
 
 def apply_rule(

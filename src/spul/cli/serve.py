@@ -8,30 +8,21 @@ from typing import Annotated
 
 import typer
 
-# Defined before importing spul.cli, which registers it as `spul requests` (so either module may load first).
+from spul.cli.options import AdapterOpt, BaseModelOpt, DeviceOpt, PrecisionOpt, PromptOpt, user_errors, words
+from spul.errors import SpulError
+from spul.reporting import note
+
 requests_app = typer.Typer(
     help="The deletion-request ledger: add requests, list them, show one.", no_args_is_help=True
 )
-
-from spul.cli import (  # noqa: E402
-    AdapterOpt,
-    DeviceOpt,
-    PrecisionOpt,
-    console,
-    report_warnings,
-    user_errors,
-    words,
-)
-from spul.errors import SpulError  # noqa: E402
-
 LedgerOpt = Annotated[Path, typer.Option(help="the ledger file (JSON; created by the first `add`)")]
 DEFAULT_LEDGER = Path("runs/ledger.json")
 
 
 @user_errors
 def serve_cmd(
-    prompt: Annotated[str, typer.Option(help="saved unlearning prompt folder")] = "runs/prompt",
-    model: Annotated[str | None, typer.Option(help="override the base model recorded in the prompt")] = None,
+    prompt: PromptOpt = "runs/prompt",
+    model: BaseModelOpt = None,
     adapter: AdapterOpt = None,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8000,
@@ -117,7 +108,7 @@ def add_cmd(
             note=note,
         )
     typer.echo(request.id)
-    console.print(f"added {request.id} ({request.describe()}) to {ledger}")
+    note(f"added {request.id} ({request.describe()}) to {ledger}")
 
 
 @requests_app.command("list")
@@ -151,48 +142,3 @@ def show_cmd(
     from spul.ledger import Ledger
 
     typer.echo(json.dumps(Ledger.load(ledger).get(request_id).to_json(), indent=2))
-
-
-def ledger_datasets(
-    ledger: Path, data, data_dir, limit, eval_limit, seed, label_words, generic_words, test, tau
-):
-    """Training and evaluation data whose forget set is the ledger's requests, and the ids it covers."""
-    from spul.cli import _training_sets
-    from spul.ledger import Ledger, coverage, covered_ids, ledger_data
-
-    book = Ledger.load(ledger)
-    full = ledger_data(
-        book,
-        data,
-        data_dir=data_dir,
-        test_path=test,
-        label_words=words(label_words),
-        generic_words=words(generic_words),
-    )
-    report_warnings(full)
-    training, evaluation = _training_sets(full, limit, eval_limit, seed, tau)
-    counts = coverage(book, full, training)
-    for rid, c in counts.items():
-        if c["rows"] == 0:
-            console.print(f"[yellow]warning:[/yellow] {rid} matches no training row; it stays open")
-        elif c["trained"] < c["rows"]:
-            console.print(
-                f"[yellow]warning:[/yellow] {rid}: only {c['trained']} of its {c['rows']} training rows "
-                "are trained on (--tau / --limit); it stays open"
-            )
-    ids = covered_ids(counts)
-    if not ids:
-        raise SpulError(
-            f"{ledger}: this run would fully cover no request (drop --tau / a train_forget --limit)"
-        )
-    return training, evaluation, ids, counts
-
-
-def finish_ledger(ledger: Path, ids: list[str], out: Path, counts: dict) -> None:
-    """Mark the requests covered by the new prompt (main process only)."""
-    from spul.ledger import mark_covered
-    from spul.models import is_main_process
-
-    if is_main_process():
-        mark_covered(ledger, ids, out, counts)
-        console.print(f"{out} covers {', '.join(ids)}; marked covered in {ledger}")

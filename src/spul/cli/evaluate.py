@@ -1,0 +1,222 @@
+"""`spul evaluate`, `spul predict` and `spul audit`: score, use and audit a model or a saved artifact."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spul.cli.options import (
+    AdapterOpt,
+    BaseModelOpt,
+    BatchOpt,
+    DataDirOpt,
+    DataOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    GenericWordsOpt,
+    KeywordsOpt,
+    LabelWordsOpt,
+    LimitOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PromptOpt,
+    QuietOpt,
+    RegexOpt,
+    SeedOpt,
+    TemplateOpt,
+    TestOpt,
+    load_full,
+    make_template,
+    user_errors,
+)
+from spul.data.selection import Selection, parse_limit
+from spul.errors import SpulError
+from spul.reporting import note
+
+
+def write_results(out: Path, rows: dict[str, dict], extra: dict) -> None:
+    """Write the table as JSON and CSV (atomically)."""
+    from spul.io import write_json_atomic, write_text_atomic
+
+    write_json_atomic(out / "results.json", extra | {"rows": rows})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "split", "acc", "f1", "other", "n"])
+    for model, table in rows.items():
+        for split, m in table.items():
+            writer.writerow([model, split, f"{m['acc']:.2f}", f"{m['f1']:.2f}", f"{m['other']:.2f}", m["n"]])
+    write_text_atomic(out / "results.csv", buffer.getvalue())
+
+
+def _method_title(name: str) -> str:
+    """A method's name in result tables (SPUL, GA+KL...), or the name itself if it is not registered."""
+    from spul.methods import METHODS
+
+    return METHODS[name].display_name() if name in METHODS else name
+
+
+def _evaluation_rows(prompt: str | None, data: str, limit: str | None, seed: int, full):
+    """The rows to score: for a prompt trained on this --data, its train splits from the rows it was
+    trained on (the test splits from its limited data), each capped by --limit; else --limit of `full`."""
+    from spul.artifacts import read_manifest
+    from spul.data.selection import trained_selection
+
+    selection = trained_selection(read_manifest(prompt), data) if prompt is not None else None
+    if selection is None:
+        selection = Selection(data, limit=parse_limit(limit), seed=seed)
+        return selection.draw(full)[0]
+    return replace(selection, eval_limit=parse_limit(limit)).draw(full)[1]
+
+
+@user_errors
+def evaluate_cmd(
+    model: ModelOpt = "smollm2-135m",
+    adapter: AdapterOpt = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="saved unlearning prompt: also evaluates its base and fine-tuned model")
+    ] = None,
+    data: DataOpt = "sst2-paper",
+    data_dir: DataDirOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 32,
+    out: Annotated[Path, typer.Option(help="folder for results.json and results.csv")] = Path(
+        "runs/evaluate"
+    ),
+    label_words: LabelWordsOpt = "negative,positive",
+    generic_words: GenericWordsOpt = "neutral,unknown",
+    regex: RegexOpt = None,
+    keywords: KeywordsOpt = None,
+    test: TestOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    template: TemplateOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Print the four-split ACC / F1 table (Vanilla, fine-tuned and SPUL rows with --prompt)."""
+    from spul.evaluation import compare, evaluate
+    from spul.metrics import format_table
+    from spul.models import load_model
+    from spul.pipeline import load_unlearned
+
+    parse_limit(limit)  # a bad --limit fails before the data is read
+    full = load_full(data, data_dir, label_words, generic_words, regex, keywords, test)
+    dataset = _evaluation_rows(prompt, data, limit, seed, full)
+    loading = {"device": device, "precision": precision, "device_map": device_map}
+    if prompt is None:
+        lm = load_model(model, adapter=adapter, **loading)
+        table = evaluate(
+            lm, dataset, template=make_template(template), batch_size=batch_size, show_progress=not quiet
+        )
+        rows = {lm.name: table}
+    else:
+        unlearned = load_unlearned(prompt, adapter=adapter, **loading)
+        title = _method_title(unlearned.manifest["method"])
+        rows = compare(
+            unlearned, dataset, title=title, batch_size=batch_size, show_progress=not quiet, **loading
+        )
+    typer.echo(format_table(rows))
+    write_results(
+        out, rows, {"data": dataset.fingerprint(), "model": model, "adapter": adapter, "prompt": prompt}
+    )
+    note(f"wrote {out / 'results.json'} and {out / 'results.csv'}")
+
+
+def _read_inputs(texts: list[str] | None, file: Path | None) -> list[str]:
+    """The texts given as arguments, else in --file, else on stdin (blank lines dropped)."""
+    if texts:
+        inputs = list(texts)
+    elif file is not None:
+        if not file.is_file():
+            raise SpulError(f"{file}: file not found")
+        inputs = file.read_text(encoding="utf-8").splitlines()
+    else:
+        inputs = sys.stdin.read().splitlines()
+    inputs = [t for t in inputs if t.strip()]
+    if not inputs:
+        raise SpulError("no texts given (pass them as arguments, with --file, or on stdin)")
+    return inputs
+
+
+@user_errors
+def predict_cmd(
+    texts: Annotated[
+        list[str] | None, typer.Argument(help="texts to classify (else --file, else stdin)")
+    ] = None,
+    prompt: PromptOpt = "runs/prompt",
+    file: Annotated[Path | None, typer.Option(help="file with one text per line")] = None,
+    model: BaseModelOpt = None,
+    adapter: AdapterOpt = None,
+    batch_size: BatchOpt = 32,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Classify texts with the unlearning prompt applied; prints one JSON object per line."""
+    from spul.pipeline import load_unlearned
+
+    inputs = _read_inputs(texts, file)
+    unlearned = load_unlearned(
+        prompt, model=model, adapter=adapter, device=device, precision=precision, device_map=device_map
+    )
+    for text, result in zip(inputs, unlearned.predict(inputs, batch_size=batch_size), strict=True):
+        typer.echo(json.dumps({"text": text} | result, ensure_ascii=False))
+
+
+@user_errors
+def audit_cmd(
+    prompt: PromptOpt = "runs/prompt",
+    data: DataOpt = "sst2-paper",
+    data_dir: DataDirOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option(help="folder for audit.json and audit.md")] = Path("runs/audit"),
+    k: Annotated[float, typer.Option("--k", help="Min-K% / Min-K%++: fraction of lowest tokens")] = 0.2,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC intervals")] = 1000,
+    probe_retain: Annotated[bool, typer.Option(help="also probe the retain splits (control)")] = True,
+    adapter: AdapterOpt = None,
+    batch_size: BatchOpt = 16,
+    regex: RegexOpt = None,
+    keywords: KeywordsOpt = None,
+    test: TestOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Membership inference without / with the prompt and robustness probes: audit.md + audit.json."""
+    from spul.artifacts import read_manifest
+    from spul.audit.members import audit_data
+    from spul.audit.report import run_audit, to_markdown, write_report
+    from spul.pipeline import load_unlearned
+
+    cap = parse_limit(limit)
+    manifest = read_manifest(prompt)
+    words = [",".join(manifest[key]) for key in ("label_words", "generic_words")]
+    full = load_full(data, data_dir, *words, regex, keywords, test)
+    dataset, members = audit_data(manifest, full, data, cap, seed, adapter)
+    unlearned = load_unlearned(
+        prompt, adapter=adapter, device=device, precision=precision, device_map=device_map
+    )
+    report = run_audit(
+        unlearned,
+        dataset,
+        k=k,
+        batch_size=batch_size,
+        seed=seed,
+        bootstrap=bootstrap,
+        probe_retain=probe_retain,
+        members=members,
+        show_progress=not quiet,
+    )
+    json_path, md_path = write_report(out, report)
+    typer.echo(to_markdown(report))
+    note(f"wrote {json_path} and {md_path}")

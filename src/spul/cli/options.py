@@ -1,0 +1,158 @@
+"""Options shared by several verbs and the helpers that read them (the command line only: no library module
+imports this)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from spul.errors import SpulError
+from spul.reporting import console
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="smollm2-135m, a HuggingFace id, a folder or a .gguf")
+]
+AdapterOpt = Annotated[str | None, typer.Option(help="LoRA adapter folder merged into the model on load")]
+DataOpt = Annotated[
+    str, typer.Option("--data", "-d", help="preset (sst2-paper, imdb, yelp-paper), folder or hub id")
+]
+DataDirOpt = Annotated[
+    str | None, typer.Option(help="local data folder for presets (default: $SPUL_DATA_DIR)")
+]
+LimitOpt = Annotated[
+    str | None, typer.Option(help="cap rows per split: N, or per split: train_retain=4000,test_retain=1000")
+]
+SeedOpt = Annotated[int, typer.Option(help="seed for sampling, generic labels and training")]
+BatchOpt = Annotated[int, typer.Option(help="batch size")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA when present)")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")]
+DeviceMapOpt = Annotated[
+    str | None, typer.Option(help="'auto' spreads a model too big for one GPU over all GPUs (accelerate)")
+]
+LabelWordsOpt = Annotated[str, typer.Option(help="comma-separated label words, in label order")]
+GenericWordsOpt = Annotated[str, typer.Option(help="comma-separated generic words for forget targets")]
+RegexOpt = Annotated[str | None, typer.Option(help="forget rule for raw data: rows matching this regex")]
+KeywordsOpt = Annotated[str | None, typer.Option(help="forget rule for raw data: comma-separated keywords")]
+TestOpt = Annotated[str | None, typer.Option(help="test file, when --data is a raw train file")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+TemplateOpt = Annotated[
+    str | None, typer.Option(help="prompt template with {text}, ending where the label word follows")
+]
+PromptOpt = Annotated[str, typer.Option(help="saved unlearning prompt folder")]
+BaseModelOpt = Annotated[str | None, typer.Option(help="override the base model recorded in the prompt")]
+EpochsOpt = Annotated[int, typer.Option(help="training epochs")]
+LrOpt = Annotated[float, typer.Option(help="peak learning rate (AdamW, cosine schedule, 10% warmup)")]
+ResumeOpt = Annotated[bool, typer.Option(help="continue from OUT.ckpt.pt if a run was interrupted")]
+EvalLimitOpt = Annotated[
+    str | None, typer.Option(help="cap rows per split for evaluation (default: --limit)")
+]
+EvalEachOpt = Annotated[bool, typer.Option(help="evaluate after every epoch and keep the best epoch")]
+CkptOpt = Annotated[int, typer.Option(help="optimizer steps between checkpoints")]
+TauOpt = Annotated[float, typer.Option(help="fraction of train_forget to use (forget-set size experiments)")]
+
+
+def user_errors(fn):
+    """Turn spul's user-facing errors into one red line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpulError as err:
+            console.print(f"[red]error:[/red] {err}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def gathered(name: str, group: type):
+    """Decorator: the command also takes every field of the dataclass `group` as an option (its annotation,
+    an `Annotated[..., typer.Option(...)]`, and its default) and receives them as one `group` object in
+    the keyword `name`; so options shared by several verbs are written once."""
+    hints = typing.get_type_hints(group, include_extras=True)
+    fields = [f.name for f in dataclasses.fields(group)]
+    missing = (dataclasses.MISSING, inspect.Parameter.empty)
+    defaults = {f.name: missing[1] if f.default is missing[0] else f.default for f in dataclasses.fields(group)}
+
+    def wrap(fn):
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != name]
+        extra = [
+            inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f], default=defaults[f])
+            for f in fields
+        ]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any):
+            kwargs[name] = group(**{f: kwargs.pop(f) for f in fields})
+            return fn(*args, **kwargs)
+
+        command.__signature__ = signature.replace(parameters=own + extra)
+        return command
+
+    return wrap
+
+
+def parse_value(text: str) -> bool | int | float | str:
+    """A `--method-args` value: true/false, an integer, a float, else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_pairs(value: str | None, flag: str) -> dict[str, Any]:
+    """`k=v,k=v` as a dict of parsed values (SpulError naming the flag for a malformed or repeated key)."""
+    pairs: dict[str, Any] = {}
+    for part in (value or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, text = (s.strip() for s in part.partition("="))
+        if not sep or not key:
+            raise SpulError(f"{flag} {value!r}: expected key=value,key=value")
+        if key in pairs:
+            raise SpulError(f"{flag} {value!r}: {key} is given twice")
+        pairs[key] = parse_value(text)
+    return pairs
+
+
+def words(value: str) -> tuple[str, ...]:
+    """Split a comma-separated word list."""
+    return tuple(w.strip() for w in value.split(",") if w.strip())
+
+
+def make_template(text: str | None):
+    """The paper's template, or the one given (escapes like \\n are honoured)."""
+    from spul.prompting import Template
+
+    if text is None:
+        return Template()
+    return Template(text.encode("utf-8").decode("unicode_escape"))
+
+
+def load_full(data, data_dir, label_words, generic_words, regex=None, keywords=None, test=None):
+    """The whole dataset named on the command line (no row selection yet), its warnings shown."""
+    from spul.data import load_data
+    from spul.data.rules import rule_from
+    from spul.reporting import report_warnings
+
+    full = load_data(
+        data,
+        data_dir=data_dir,
+        label_words=words(label_words),
+        generic_words=words(generic_words),
+        forget_rule=rule_from(regex, words(keywords) if keywords else None),
+        test_path=test,
+    )
+    report_warnings(full)
+    return full

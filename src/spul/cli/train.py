@@ -1,0 +1,298 @@
+"""`spul finetune` (the memorisation stage) and `spul unlearn` (a SPUL prompt or a baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, make_dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from spul.cli.options import (
+    AdapterOpt,
+    BatchOpt,
+    CkptOpt,
+    DataDirOpt,
+    DataOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    EpochsOpt,
+    EvalEachOpt,
+    EvalLimitOpt,
+    GenericWordsOpt,
+    KeywordsOpt,
+    LabelWordsOpt,
+    LimitOpt,
+    LrOpt,
+    ModelOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RegexOpt,
+    ResumeOpt,
+    SeedOpt,
+    TauOpt,
+    TemplateOpt,
+    TestOpt,
+    gathered,
+    load_full,
+    make_template,
+    parse_pairs,
+    user_errors,
+    words,
+)
+from spul.data.selection import Selection, parse_limit
+from spul.errors import SpulError
+from spul.reporting import note
+
+# method option -> (its flag, the flag's type); a flag left out leaves the method's default.
+# TODO(h2): the methods' config dataclasses can generate this table.
+METHOD_FLAGS: dict[str, tuple[str, type, str]] = {
+    "num_virtual_tokens": ("--p", int, "spul: number of virtual tokens [default: 30]"),
+    "prompt_type": ("--prompt-type", str, "spul: ptuning (the paper's) or prompt-tuning [default: ptuning]"),
+    "encoder_hidden": ("--encoder-hidden", int, "spul: P-tuning MLP hidden size [default: 128]"),
+    "alpha": ("--alpha", float, "weight of the retain term (spul, ga_gd, ga_kl, npo) [default: 1; npo: 0]"),
+    "beta": ("--beta", float, "spul: weight of the KL to the unprompted model [default: 0.5]"),
+    "lora": ("--lora", bool, "ga, rl, ga_kl, ga_gd, npo: train a LoRA adapter, not every weight"),
+    "r": ("--lora-r", int, "LoRA rank (--lora, retrain) [default: 16]"),
+    "npo_beta": ("--npo-beta", float, "npo: inverse temperature [default: 0.1]"),
+    "shots": ("--icul-shots", int, "icul: demonstrations per query, the first flipped [default: 4]"),
+    "init_prompt": ("--init-prompt", Path, "spul: start from this saved prompt (needs --prompt-type prompt-tuning)"),
+}
+
+
+def _parameter(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _method_flag_group() -> type:
+    """A dataclass with one field per METHOD_FLAGS row (None = not given; `--lora` is a plain switch)."""
+    fields = []
+    for flag, kind, help_text in METHOD_FLAGS.values():
+        if kind is bool:
+            switch = typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text)
+            fields.append((_parameter(flag), Annotated[bool, switch], False))
+        else:
+            option = typer.Option(flag, help=help_text)
+            fields.append((_parameter(flag), Annotated[kind | None, option], None))
+    return make_dataclass("MethodFlags", fields, frozen=True)
+
+
+MethodFlags = _method_flag_group()
+
+
+def method_options(method: str, flags: Any, method_args: str | None) -> dict[str, Any]:
+    """The method's options from its flags and `--method-args k=v,...`; SpulError for an option the method
+    does not take or one given twice."""
+    from spul.methods import get_method
+
+    given = {name: getattr(flags, _parameter(flag)) for name, (flag, _, _) in METHOD_FLAGS.items()}
+    options = {n: (str(v) if isinstance(v, Path) else v) for n, v in given.items() if v not in (None, False)}
+    extra = parse_pairs(method_args, "--method-args")
+    twice = sorted(set(options) & set(extra))
+    if twice:
+        raise SpulError(f"--method-args sets {', '.join(twice)}, which a flag sets too")
+    names = get_method(method).option_names()
+    flag_of = {name: flag for name, (flag, _, _) in METHOD_FLAGS.items()}
+    foreign = [flag_of[n] for n in options if n not in names] + [f"{n}" for n in extra if n not in names]
+    if foreign:
+        raise SpulError(f"--method {method} does not take {', '.join(foreign)}")
+    return options | extra
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """The options `finetune` and `unlearn` share: data, row selection, checkpoints, device, output."""
+
+    data: DataOpt = "sst2-paper"
+    data_dir: DataDirOpt = None
+    limit: LimitOpt = None
+    eval_limit: EvalLimitOpt = None
+    seed: SeedOpt = 0
+    resume: ResumeOpt = False
+    eval_each_epoch: EvalEachOpt = False
+    checkpoint_every: CkptOpt = 100
+    label_words: LabelWordsOpt = "negative,positive"
+    generic_words: GenericWordsOpt = "neutral,unknown"
+    regex: RegexOpt = None
+    keywords: KeywordsOpt = None
+    test: TestOpt = None
+    device: DeviceOpt = None
+    precision: PrecisionOpt = "auto"
+    device_map: DeviceMapOpt = None
+    template: TemplateOpt = None
+    quiet: QuietOpt = False
+
+    def selection(self, tau: float = 1.0, ledger: Path | None = None) -> Selection:
+        """The row selection these options ask for (limits parsed here, once)."""
+        return Selection(
+            self.data,
+            limit=parse_limit(self.limit),
+            tau=tau,
+            seed=self.seed,
+            eval_limit=parse_limit(self.eval_limit, "--eval-limit"),
+            ledger=None if ledger is None else str(ledger),
+        )
+
+    def rows(self, selection: Selection):
+        """(training rows, evaluation rows) of the --data named here."""
+        full = load_full(
+            self.data, self.data_dir, self.label_words, self.generic_words, self.regex, self.keywords, self.test
+        )
+        return selection.draw(full)
+
+
+def _train(method: str, run: RunArgs, selection: Selection, rows, lm, out: Path, options, config, extra=None):
+    """Train, save and print the method's table (main process only)."""
+    from spul.metrics import format_table
+    from spul.models import is_main_process
+    from spul.pipeline import train_artifact
+
+    manifest = train_artifact(
+        method,
+        lm,
+        rows[0],
+        out,
+        template=make_template(run.template),
+        method_options=options,
+        config=config,
+        eval_data=rows[1],
+        eval_each_epoch=run.eval_each_epoch,
+        resume=run.resume,
+        show_progress=not run.quiet,
+        selection=selection.to_manifest(),
+        extra_manifest=extra,
+    )
+    if is_main_process():
+        typer.echo(format_table({method: manifest["metrics"]}))
+        note(
+            f"saved {out} ({manifest['trainable_parameters']:,} trainable parameters, "
+            f"{manifest['training_time_s']:.0f} s of training)"
+        )
+
+
+def _load(model: str, run: RunArgs, adapter: str | None = None, qlora: bool = False):
+    from spul.models import load_model
+
+    return load_model(
+        model,
+        adapter=adapter,
+        device=run.device,
+        precision=run.precision,
+        device_map=run.device_map,
+        load_in_4bit=qlora,
+    )
+
+
+@user_errors
+@gathered("run", RunArgs)
+def finetune_cmd(
+    out: Annotated[Path, typer.Option(help="adapter folder to write")] = Path("runs/finetuned"),
+    model: ModelOpt = "smollm2-135m",
+    epochs: EpochsOpt = 2,
+    lr: LrOpt = 1e-4,
+    batch_size: BatchOpt = 32,
+    r: Annotated[int, typer.Option("--lora-r", help="LoRA rank")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha")] = 64,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.1,
+    targets: Annotated[str, typer.Option(help="comma-separated module names to adapt")] = "q_proj,v_proj",
+    qlora: Annotated[
+        bool | None,
+        typer.Option(help="4-bit base model (QLoRA); default: on where CUDA and bitsandbytes are"),
+    ] = None,
+    run: RunArgs = RunArgs(),
+) -> None:
+    """Memorisation stage: LoRA fine-tune on train_retain + train_forget (label tokens only)."""
+    from spul.models import qlora_available
+    from spul.training import TrainConfig
+
+    selection = run.selection()
+    rows = run.rows(selection)
+    options = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "targets": list(words(targets))}
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=run.seed, checkpoint_every=run.checkpoint_every
+    )
+    lm = _load(model, run, qlora=qlora_available() if qlora is None else qlora)
+    _train("finetune", run, selection, rows, lm, out, options, config)
+
+
+@user_errors
+@gathered("flags", MethodFlags)
+@gathered("run", RunArgs)
+def unlearn_cmd(
+    out: Annotated[Path, typer.Option(help="artifact folder to write")] = Path("runs/prompt"),
+    method: Annotated[
+        str, typer.Option(help="spul, or a baseline: ga, rl, ga_kl, ga_gd, npo, retrain, icul")
+    ] = "spul",
+    method_args: Annotated[
+        str | None, typer.Option(help="more method options: key=value,key=value (e.g. npo_beta=0.2)")
+    ] = None,
+    model: ModelOpt = "smollm2-135m",
+    adapter: AdapterOpt = None,
+    tau: TauOpt = 1.0,
+    epochs: Annotated[
+        int | None, typer.Option(help="training epochs [default: spul 10, retrain 2, other baselines 1]")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="peak learning rate [default: 1e-4; full fine-tuning baselines 1e-5]"),
+    ] = None,
+    batch_size: BatchOpt = 32,
+    max_grad_norm: Annotated[float, typer.Option(help="gradient clipping norm")] = 0.3,
+    ledger: Annotated[
+        Path | None, typer.Option(help="forget every deletion request of this ledger (spul requests)")
+    ] = None,
+    run: RunArgs = RunArgs(),
+    flags: Any = None,
+) -> None:
+    """Make the (fine-tuned) model forget train_forget: a SPUL soft prompt, or a baseline (--method)."""
+    from spul.methods import get_method
+    from spul.training import TrainConfig
+
+    method_class = get_method(method)
+    options = method_options(method, flags, method_args)
+    if method_class.from_untouched_model and adapter is not None:
+        note(f"note: {method} starts from the untouched model; --adapter {adapter} is not used")
+        adapter = None
+    selection = run.selection(tau, ledger)
+    rows, covers = _unlearning_rows(run, selection)
+    defaults = method_class.training_defaults(options)
+    config = TrainConfig(
+        epochs=epochs if epochs is not None else defaults.get("epochs", TrainConfig.epochs),
+        batch_size=batch_size,
+        lr=lr if lr is not None else defaults.get("lr", TrainConfig.lr),
+        max_grad_norm=max_grad_norm,
+        seed=run.seed,
+        checkpoint_every=run.checkpoint_every,
+    )
+    extra = {"requests": covers[0], "ledger": str(ledger)} if covers else None
+    _train(method, run, selection, rows, _load(model, run, adapter), out, options, config, extra)
+    if covers:
+        _finish_ledger(ledger, covers[0], out, covers[1])
+
+
+def _unlearning_rows(run: RunArgs, selection: Selection):
+    """The rows to train and score on, and (ids, counts) of the ledger's requests they cover (or ())."""
+    if selection.ledger is None:
+        return run.rows(selection), ()
+    from spul.ledger import ledger_rows
+
+    if run.regex or run.keywords:
+        raise SpulError("--ledger defines the forget set; drop --regex / --keywords")
+    training, evaluation, ids, counts = ledger_rows(
+        selection,
+        data_dir=run.data_dir,
+        test_path=run.test,
+        label_words=words(run.label_words),
+        generic_words=words(run.generic_words),
+    )
+    return (training, evaluation), (ids, counts)
+
+
+def _finish_ledger(ledger: Path, ids: list[str], out: Path, counts: dict) -> None:
+    """Mark the requests covered by the new prompt (main process only)."""
+    from spul.ledger import mark_covered
+    from spul.models import is_main_process
+
+    if is_main_process():
+        mark_covered(ledger, ids, out, counts)
+        note(f"{out} covers {', '.join(ids)}; marked covered in {ledger}")
