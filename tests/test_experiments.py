@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from spul.cli import app
 from spul.errors import SpulError
 from spul.experiments import ARTEFACTS, Experiment, parse_config, run_experiment
-from spul.experiments import runner as runner_module
+from spul.experiments import stages as runner_module
 from spul.experiments.embeddings import last_hidden_states, load_embeddings, select_points
 from spul.models import load_model, merge_adapter
 from spul.pipeline import load_unlearned

@@ -1,4 +1,4 @@
-"""Four-split evaluation of a (possibly prompted) model, and the paper's Vanilla / Fine-tuned / method rows."""
+"""Four-split evaluation of a (possibly prompted) model; the paper's Vanilla / Fine-tuned / method rows."""
 
 from __future__ import annotations
 

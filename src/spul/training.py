@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import torch.distributed as dist
 from transformers import get_cosine_schedule_with_warmup
 
 from spul.errors import SpulError
+from spul.io import write_file_atomic
 from spul.methods.base import Method, TrainBatch, TrainItem
 from spul.progress import progress_bar
 
@@ -109,10 +109,7 @@ class _StopFlag:
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _all_reduce_grads(params: list[torch.nn.Parameter]) -> None:

@@ -131,6 +131,7 @@ def run_audit(
     probes = probe_table(unlearned, data, finder, splits, batch_size, show_progress)
     forget_aucs = {s: mia["unlearned"]["forget"][s]["auc"] for s in SCORES}
     return {
+        "models": model_labels(unlearned.prompt is not None),
         "prompt": str(unlearned.folder),
         "base_model": manifest["base_model"],
         "fine_tuned_model": "base model + adapter" if manifest["base_model"].get("adapter") else "base model",
@@ -156,6 +157,18 @@ def run_audit(
     }
 
 
+def model_labels(prompted: bool) -> dict[str, str]:
+    """What the two audited runs are: with a soft prompt, `fine_tuned` is the model with the prompt dropped;
+    an adapter, new weights or demonstrations have no prompt to drop, so both runs are the unlearned model."""
+    if prompted:
+        return {
+            "fine_tuned": "the fine-tuned model, prompt dropped",
+            "unlearned": "the same model with the prompt",
+        }
+    itself = "the unlearned model itself (no prompt to drop)"
+    return {"fine_tuned": itself, "unlearned": itself}
+
+
 def _entity_note(probes: dict[str, Any]) -> str:
     """How names were found, flagged when spaCy was missing."""
     lexicon = f"plus {probes['entity_lexicon_size']} name words learned from the forget texts"
@@ -173,13 +186,14 @@ def _auc_cell(result: dict) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as a short markdown document."""
     mia, settings = report["mia"], report["settings"]
-    members = report["members"]
+    members, labels = report["members"], report.get("models", model_labels(True))
     lines = [
         f"# Unlearning audit: `{report['prompt']}`",
         "",
-        f"Fine-tuned model = {report['fine_tuned_model']} (`{report['base_model']['spec']}`"
+        f"`fine_tuned` = {labels['fine_tuned']}, over {report['fine_tuned_model']} "
+        f"(`{report['base_model']['spec']}`"
         + (f", adapter `{report['base_model']['adapter']}`)" if report["base_model"].get("adapter") else ")")
-        + "; unlearned = the same model with the soft prompt. Split sizes: "
+        + f"; `unlearned` = {labels['unlearned']}. Split sizes: "
         + ", ".join(f"{n} {v['size']}" for n, v in report["data"]["splits"].items())
         + ".",
         "",

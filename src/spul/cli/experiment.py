@@ -33,7 +33,9 @@ def experiment_cmd(
 
     settings = load_config(config)
     if cell is None and not dry_run:
-        experiment = run_experiment(settings, out, cache_dir=cache_dir, device=device, show_progress=not quiet)
+        experiment = run_experiment(
+            settings, out, cache_dir=cache_dir, device=device, show_progress=not quiet
+        )
         typer.echo((experiment.out / "report.md").read_text(encoding="utf-8"))
         return
     folder = out or Path(settings.out or Path("runs") / "experiments" / settings.name)

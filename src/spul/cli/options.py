@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import inspect
 import typing
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -78,7 +77,9 @@ def gathered(name: str, group: type):
     hints = typing.get_type_hints(group, include_extras=True)
     fields = [f.name for f in dataclasses.fields(group)]
     missing = (dataclasses.MISSING, inspect.Parameter.empty)
-    defaults = {f.name: missing[1] if f.default is missing[0] else f.default for f in dataclasses.fields(group)}
+    defaults = {
+        f.name: missing[1] if f.default is missing[0] else f.default for f in dataclasses.fields(group)
+    }
 
     def wrap(fn):
         signature = inspect.signature(fn, eval_str=True)

@@ -18,7 +18,6 @@ prepare_app = typer.Typer(
 )
 
 
-
 @dataclass(frozen=True)
 class Inputs:
     """The options every builder shares: the raw files, the output folder and how rows are pooled."""
@@ -31,7 +30,8 @@ class Inputs:
         typer.Option(help="pool train + test and re-split with this test fraction (the paper: 0.3)"),
     ] = None
     max_rows: Annotated[
-        int | None, typer.Option(help="keep at most N seeded-random rows of train and of test (after pooling)")
+        int | None,
+        typer.Option(help="keep at most N seeded-random rows of train and of test (after pooling)"),
     ] = None
     seed: SeedOpt = 0
     label_words: LabelWordsOpt = "negative,positive"

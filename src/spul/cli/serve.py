@@ -10,7 +10,6 @@ import typer
 
 from spul.cli.options import AdapterOpt, BaseModelOpt, DeviceOpt, PrecisionOpt, PromptOpt, user_errors, words
 from spul.errors import SpulError
-from spul.reporting import note
 
 requests_app = typer.Typer(
     help="The deletion-request ledger: add requests, list them, show one.", no_args_is_help=True

@@ -56,7 +56,11 @@ METHOD_FLAGS: dict[str, tuple[str, type, str]] = {
     "r": ("--lora-r", int, "LoRA rank (--lora, retrain) [default: 16]"),
     "npo_beta": ("--npo-beta", float, "npo: inverse temperature [default: 0.1]"),
     "shots": ("--icul-shots", int, "icul: demonstrations per query, the first flipped [default: 4]"),
-    "init_prompt": ("--init-prompt", Path, "spul: start from this saved prompt (needs --prompt-type prompt-tuning)"),
+    "init_prompt": (
+        "--init-prompt",
+        Path,
+        "spul: start from this saved prompt (needs --prompt-type prompt-tuning)",
+    ),
 }
 
 
@@ -136,7 +140,13 @@ class RunArgs:
     def rows(self, selection: Selection):
         """(training rows, evaluation rows) of the --data named here."""
         full = load_full(
-            self.data, self.data_dir, self.label_words, self.generic_words, self.regex, self.keywords, self.test
+            self.data,
+            self.data_dir,
+            self.label_words,
+            self.generic_words,
+            self.regex,
+            self.keywords,
+            self.test,
         )
         return selection.draw(full)
 
@@ -207,7 +217,8 @@ def finetune_cmd(
 
     selection = run.selection()
     rows = run.rows(selection)
-    options = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "targets": list(words(targets))}
+    options = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout}
+    options["targets"] = list(words(targets))
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=run.seed, checkpoint_every=run.checkpoint_every
     )

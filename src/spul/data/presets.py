@@ -242,7 +242,8 @@ def pooled_data(
     if "test_forget" not in parts:
         parts["test_forget"] = replace(parts["train_forget"], name="test_forget")
         warnings.append(
-            f"no test row matches the deletion requests of {origin}: test_forget shows the train_forget rows again"
+            f"no test row matches the deletion requests of {origin}: "
+            "test_forget shows the train_forget rows again"
         )
     data = UnlearningData(
         {k: parts[k] for k in SPLITS},

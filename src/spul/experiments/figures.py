@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 
 from spul.data.splits import SPLITS  # noqa: E402
 from spul.experiments.tables import Table, format_value  # noqa: E402
+from spul.io import write_file_atomic  # noqa: E402
 
 PANELS_PER_ROW = 4
 SPLIT_STYLE = {  # retain splits solid, forget splits dashed; train circles, test squares
@@ -28,11 +28,10 @@ SPLIT_STYLE = {  # retain splits solid, forget splits dashed; train circles, tes
 
 def save_figure(fig, path: Path) -> None:
     """Write a PNG atomically and close the figure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_file_atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def p_sweep_figure(table: Table, path: Path) -> None:

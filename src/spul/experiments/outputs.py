@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spul.experiments.cells import Cell
 from spul.experiments.embeddings import load_embeddings
 from spul.experiments.figures import Panel, p_sweep_figure, tsne_figure
+from spul.experiments.layout import EMBEDDINGS, Layout
 from spul.experiments.tables import Table, build_table, efficiency_table, search_table
 from spul.io import write_json_atomic, write_text_atomic
-
-if TYPE_CHECKING:
-    from spul.experiments.runner import Experiment
 
 Entries = list[tuple[Cell, dict[str, Any]]]
 
@@ -48,20 +46,20 @@ def fine_tune_stages(entries: Entries) -> list[tuple[dict[str, Any], dict[str, A
     return stages
 
 
-def figure1(experiment: Experiment, entries: Entries) -> list[Path]:
+def figure1(layout: Layout, entries: Entries) -> list[Path]:
     """One t-SNE figure per (model, dataset): the model before unlearning, then each run after it."""
-    before_kind = "finetuned" if experiment.config.finetune is not None else "vanilla"
+    before_kind = layout.before_kind
     groups: dict[tuple[str, str], list[Cell]] = {}
     for cell, _ in entries:
         groups.setdefault((cell.model.name, cell.dataset.label), []).append(cell)
-    figure = experiment.config.figure1
+    figure = layout.config.figure1
     paths = []
     for (model, data), cells in groups.items():
         panels = []
         for cell in cells:
             if cell.kind not in (before_kind, "train"):
                 continue
-            hidden, labels, is_forget = load_embeddings(experiment.cell_dir(cell) / "embeddings.safetensors")
+            hidden, labels, is_forget = load_embeddings(layout.cell_dir(cell) / EMBEDDINGS)
             if cell.kind == "train":
                 point = ", ".join(f"{k}={v}" for k, v in cell.sweep.items())
                 title = f"after unlearning: {cell.label}" + (f" ({point})" if point else "")
@@ -69,7 +67,7 @@ def figure1(experiment: Experiment, entries: Entries) -> list[Path]:
                 title = f"before unlearning ({cell.label})"
             panels.append(Panel(title, hidden, labels, is_forget))
         name = "figure1.png" if len(groups) == 1 else f"figure1-{slug(data)}-{slug(model)}.png"
-        path = experiment.out / name
+        path = layout.out / name
         tsne_figure(
             panels,
             cells[0].dataset.label_words,
@@ -82,12 +80,12 @@ def figure1(experiment: Experiment, entries: Entries) -> list[Path]:
     return paths
 
 
-def write_outputs(experiment: Experiment, entries: Entries) -> list[Path]:
+def write_outputs(layout: Layout, entries: Entries) -> list[Path]:
     """Every artefact the config asks for, then report.md gathering them."""
-    out = experiment.out
+    out, config = layout.out, layout.config
     written: list[Path] = []
-    sections = [f"# {experiment.config.name}", "", experiment.config.description.strip(), ""]
-    for name in experiment.config.artefacts:
+    sections = [f"# {config.name}", "", config.description.strip(), ""]
+    for name in config.artefacts:
         if name in ("table1", "table2", "table3", "table4", "figure2"):
             table = build_table(name, entries)
             written += write_table(out, table)
@@ -106,7 +104,7 @@ def write_outputs(experiment: Experiment, entries: Entries) -> list[Path]:
             written += write_table(out, table)
             sections += [table.markdown(), ""]
         elif name == "figure1":
-            paths = figure1(experiment, entries)
+            paths = figure1(layout, entries)
             written += paths
             sections += [f"![Figure 1]({p.name})" for p in paths] + [""]
     report = out / "report.md"
