@@ -18,20 +18,19 @@ from spul.cli.options import (
     BatchOpt,
     DataDirOpt,
     DataOpt,
-    DeviceMapOpt,
-    DeviceOpt,
     GenericWordsOpt,
     KeywordsOpt,
     LabelWordsOpt,
     LimitOpt,
+    Machine,
     ModelOpt,
-    PrecisionOpt,
     PromptOpt,
     QuietOpt,
     RegexOpt,
     SeedOpt,
     TemplateOpt,
     TestOpt,
+    gathered,
     load_full,
     make_template,
     user_errors,
@@ -76,6 +75,7 @@ def _evaluation_rows(prompt: str | None, data: str, limit: str | None, seed: int
 
 
 @user_errors
+@gathered("machine", Machine)
 def evaluate_cmd(
     model: ModelOpt = "smollm2-135m",
     adapter: AdapterOpt = None,
@@ -95,9 +95,7 @@ def evaluate_cmd(
     regex: RegexOpt = None,
     keywords: KeywordsOpt = None,
     test: TestOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = "auto",
-    device_map: DeviceMapOpt = None,
+    machine: Machine = None,
     template: TemplateOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -110,7 +108,7 @@ def evaluate_cmd(
     parse_limit(limit)  # a bad --limit fails before the data is read
     full = load_full(data, data_dir, label_words, generic_words, regex, keywords, test)
     dataset = _evaluation_rows(prompt, data, limit, seed, full)
-    loading = {"device": device, "precision": precision, "device_map": device_map}
+    loading = machine.loading()
     if prompt is None:
         lm = load_model(model, adapter=adapter, **loading)
         table = evaluate(
@@ -147,6 +145,7 @@ def _read_inputs(texts: list[str] | None, file: Path | None) -> list[str]:
 
 
 @user_errors
+@gathered("machine", Machine)
 def predict_cmd(
     texts: Annotated[
         list[str] | None, typer.Argument(help="texts to classify (else --file, else stdin)")
@@ -156,22 +155,19 @@ def predict_cmd(
     model: BaseModelOpt = None,
     adapter: AdapterOpt = None,
     batch_size: BatchOpt = 32,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = "auto",
-    device_map: DeviceMapOpt = None,
+    machine: Machine = None,
 ) -> None:
     """Classify texts with the unlearning prompt applied; prints one JSON object per line."""
     from spul.pipeline import load_unlearned
 
     inputs = _read_inputs(texts, file)
-    unlearned = load_unlearned(
-        prompt, model=model, adapter=adapter, device=device, precision=precision, device_map=device_map
-    )
+    unlearned = load_unlearned(prompt, model=model, adapter=adapter, **machine.loading())
     for text, result in zip(inputs, unlearned.predict(inputs, batch_size=batch_size), strict=True):
         typer.echo(json.dumps({"text": text} | result, ensure_ascii=False))
 
 
 @user_errors
+@gathered("machine", Machine)
 def audit_cmd(
     prompt: PromptOpt = "runs/prompt",
     data: DataOpt = "sst2-paper",
@@ -187,9 +183,7 @@ def audit_cmd(
     regex: RegexOpt = None,
     keywords: KeywordsOpt = None,
     test: TestOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = "auto",
-    device_map: DeviceMapOpt = None,
+    machine: Machine = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Membership inference without / with the prompt and robustness probes: audit.md + audit.json."""
@@ -203,9 +197,7 @@ def audit_cmd(
     words = [",".join(manifest[key]) for key in ("label_words", "generic_words")]
     full = load_full(data, data_dir, *words, regex, keywords, test)
     dataset, members = audit_data(manifest, full, data, cap, seed, adapter)
-    unlearned = load_unlearned(
-        prompt, adapter=adapter, device=device, precision=precision, device_map=device_map
-    )
+    unlearned = load_unlearned(prompt, adapter=adapter, **machine.loading())
     report = run_audit(
         unlearned,
         dataset,

@@ -56,6 +56,19 @@ CkptOpt = Annotated[int, typer.Option(help="optimizer steps between checkpoints"
 TauOpt = Annotated[float, typer.Option(help="fraction of train_forget to use (forget-set size experiments)")]
 
 
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """Where and how a model is loaded: device, precision, layer placement."""
+
+    device: DeviceOpt = None
+    precision: PrecisionOpt = "auto"
+    device_map: DeviceMapOpt = None
+
+    def loading(self) -> dict[str, Any]:
+        """Keywords for `load_model` / `load_unlearned`."""
+        return dataclasses.asdict(self)
+
+
 def user_errors(fn):
     """Turn spul's user-facing errors into one red line and exit code 2 (no traceback)."""
 
