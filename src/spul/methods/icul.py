@@ -167,7 +167,6 @@ class InContextUnlearning(Method):
 
     def __init__(self, *args: Any, **options: Any):
         super().__init__(*args, **options)
-        self.shots, self.retain_pool = self.config.shots, self.config.retain_pool
         self.context: IculContext | None = None
         self._nothing = torch.nn.Module()
 
@@ -177,10 +176,10 @@ class InContextUnlearning(Method):
         retain = [(t, y) for t, y, f in zip(texts, labels, is_forget, strict=True) if not f]
         if not forget:
             raise SpulError("icul: there are no forget rows to put in the context")
-        if self.shots > 1 and not retain:
+        if self.config.shots > 1 and not retain:
             raise SpulError("icul: there are no retain rows for the correctly labelled demonstrations")
-        pool = random.Random(seed).sample(retain, min(self.retain_pool, len(retain)))
-        self.context = IculContext(forget, pool, self.shots, seed, len(self.verbalizer))
+        pool = random.Random(seed).sample(retain, min(self.config.retain_pool, len(retain)))
+        self.context = IculContext(forget, pool, self.config.shots, seed, len(self.verbalizer))
         return []
 
     def trainable(self) -> torch.nn.Module:
