@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from spul.engine import PrefixFn
+from spul.errors import SpulError
+from spul.methods.config import MethodConfig, resolve
 from spul.metrics import selection_score
 from spul.models import LoadedModel
 from spul.prompting import Batch, Encoder, Verbalizer
@@ -33,25 +34,50 @@ class TrainBatch:
     is_forget: torch.Tensor  # [B] bool
 
 
+class _Kind:
+    """`Method.kind`: an instance's artifact kind, from its config (so `ga` with lora=True is "adapter");
+    read on the class, the kind with default options."""
+
+    def __get__(self, method: Method | None, cls: type[Method]) -> str:
+        return (method.config if method is not None else cls.config_class()).kind
+
+
 class Method(ABC):
-    """A way to change a model's behaviour by training: LoRA fine-tuning, SPUL, a baseline."""
+    """A way to change a model's behaviour by training: LoRA fine-tuning, SPUL, a baseline.
+
+    A method is one class with a `config_class` (its options, a MethodConfig dataclass), registered with
+    `@register`. Construct it with a config (`config=`) or with the options as keywords.
+    """
 
     name: ClassVar[str]
-    # What the artifact is (see ARTIFACT_KINDS); a method may set it per instance (e.g. LoRA or full weights).
-    kind: str
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # What the artifact is (see spul.methods.kinds), decided by the config.
+    kind = _Kind()
     # The name in result tables (default: the name in capitals).
     title: ClassVar[str | None] = None
     # True for methods that must start from the untouched model (retrain): the CLI drops --adapter.
     from_untouched_model: ClassVar[bool] = False
+    # A row of the README's baseline table: which rows it trains on and its loss (see spul.methods.docs).
+    baseline: ClassVar[bool] = True
+    trains_on: ClassVar[str] = ""
+    objective: ClassVar[str] = ""
 
     def __init__(
-        self, lm: LoadedModel, encoder: Encoder, verbalizer: Verbalizer, generic: Verbalizer, **options: Any
+        self,
+        lm: LoadedModel,
+        encoder: Encoder,
+        verbalizer: Verbalizer,
+        generic: Verbalizer,
+        config: MethodConfig | None = None,
+        **options: Any,
     ):
+        if config is not None and options:
+            raise TypeError(f"{self.name}: pass a config or options, not both")
+        self.config = config if config is not None else self.resolve(options)
         self.lm = lm
         self.encoder = encoder
         self.verbalizer = verbalizer  # the task's label words
         self.generic = generic  # generic words (for forget targets), disjoint from the label words
-        self.options = options
 
     @abstractmethod
     def items(self, texts: list[str], labels: list[int], is_forget: list[bool], seed: int) -> list[TrainItem]:
@@ -87,7 +113,7 @@ class Method(ABC):
 
     def hyperparameters(self) -> dict[str, Any]:
         """The method's own options, as recorded in manifests."""
-        return dict(self.options)
+        return self.config.hyperparameters()
 
     @classmethod
     def display_name(cls) -> str:
@@ -95,45 +121,42 @@ class Method(ABC):
         return cls.title or cls.name.upper()
 
     @classmethod
+    def resolve(cls, given: dict[str, Any]) -> MethodConfig:
+        """A checked config from given options (unknown names and ill-typed values refused)."""
+        return resolve(cls.name, cls.config_class, given)
+
+    @classmethod
     def option_names(cls) -> set[str]:
-        """The keyword options the constructor takes (collected up the class tree through **options)."""
-        names: set[str] = set()
-        for klass in cls.__mro__:
-            if klass is Method:
-                break
-            init = klass.__dict__.get("__init__")
-            if init is None:
-                continue
-            params = inspect.signature(init).parameters.values()
-            names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
-            if not any(p.kind is p.VAR_KEYWORD for p in params):
-                break
-        return names
+        """The names of the method's options (the fields of its config)."""
+        return {f.name for f in fields(cls.config_class)}
 
     @classmethod
     def training_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """TrainConfig fields this method changes by default (e.g. 1 epoch for the baselines)."""
-        return {}
-
-
-# What a saved artifact holds: a soft prompt over the base model, a LoRA adapter over it,
-# the full unlearned weights, or in-context demonstrations (no weights).
-ARTIFACT_KINDS = ("prompt", "adapter", "weights", "context")
+        """TrainConfig fields this method changes by default for these options (unknown ones ignored)."""
+        names = cls.option_names()
+        return cls.config_class(**{k: v for k, v in options.items() if k in names}).training_defaults()
 
 
 METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry under its `name`."""
+    """Class decorator adding a method to the registry under its `name` (a taken name is refused)."""
+    if cls.name in METHODS:
+        raise ValueError(f"method {cls.name!r} is already registered (by {METHODS[cls.name].__qualname__})")
+    if not (isinstance(cls.config_class, type) and issubclass(cls.config_class, MethodConfig)):
+        raise TypeError(f"method {cls.name!r}: config_class must be a MethodConfig dataclass")
     METHODS[cls.name] = cls
     return cls
 
 
 def get_method(name: str) -> type[Method]:
     """Look a method up by name, with a clear error listing the known ones."""
-    from spul.errors import SpulError
-
     if name not in METHODS:
         raise SpulError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def resolve_options(method_name: str, given: dict[str, Any] | None = None) -> MethodConfig:
+    """The checked config of a method from given options (typed values, or text as `--method-args` gives)."""
+    return get_method(method_name).resolve(dict(given or {}))

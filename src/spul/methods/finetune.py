@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
 from spul.engine import answer_logits
 from spul.methods.base import Method, TrainBatch, TrainItem, register
+from spul.methods.config import MethodConfig, option
+from spul.methods.lora import DEFAULT_TARGETS, attach_lora
 from spul.methods.losses import answer_nll
 
-DEFAULT_TARGETS = ("q_proj", "v_proj")
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    """LoRA settings of the memorisation recipe."""
+
+    kind = "adapter"
+
+    r: int = option(16, "LoRA rank", flag="--lora-r")
+    lora_alpha: int = option(64, "LoRA alpha")
+    lora_dropout: float = option(0.1, "LoRA dropout")
+    targets: list[str] = option(list(DEFAULT_TARGETS), "module names to adapt")
 
 
 @register
@@ -19,26 +32,15 @@ class LoraFinetune(Method):
     """Teach the true label of every training row (retain and forget) through a LoRA adapter."""
 
     name = "finetune"
-    kind = "adapter"
+    config_class = FinetuneConfig
+    baseline = False
 
-    def __init__(
-        self, lm, encoder, verbalizer, generic, *, r=16, lora_alpha=64, lora_dropout=0.1, targets=None
-    ):
-        targets = list(targets or DEFAULT_TARGETS)
-        options = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "targets": targets}
-        super().__init__(lm, encoder, verbalizer, generic, **options)
-        config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=targets,
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        c = self.config
+        self.peft = attach_lora(
+            self.lm, r=c.r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, targets=c.targets
         )
-        if getattr(lm.model, "is_loaded_in_4bit", False):  # QLoRA: make the 4-bit model trainable
-            lm.model = prepare_model_for_kbit_training(lm.model, use_gradient_checkpointing=False)
-        # LoRA layers are injected into lm.model in place, so lm.model's own forward trains them.
-        self.peft = get_peft_model(lm.model, config)
-        self.peft.train()
 
     def items(self, texts, labels, is_forget, seed):
         """Every row learns its true label word."""

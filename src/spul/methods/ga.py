@@ -14,6 +14,8 @@ class GradientAscent(WeightMethod):
     name = "ga"
     title = "GA"
     rows = "forget"
+    trains_on = "forget rows"
+    objective = "`-CE(true label)` (gradient ascent)"
 
     def loss(self, batch: TrainBatch):
         """Minus the mean answer cross-entropy of the forget rows."""

@@ -10,29 +10,33 @@ The reference is the model before unlearning, with no second copy of it:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from spul.methods.base import TrainBatch, TrainItem, register
-from spul.methods.losses import answer_kl, answer_nll, masked_mean
-from spul.methods.weights import WeightMethod, missing_reference
+from spul.methods.ga_gd import GradientAscentDescent
+from spul.methods.losses import answer_kl
+from spul.methods.weights import missing_reference
 from spul.prompting import Batch
 
 
 @register
-class GradientAscentKL(WeightMethod):
+class GradientAscentKL(GradientAscentDescent):
     """L = -mean_forget CE(h(x), y) + alpha * mean_retain KL(h(x) || h_0(x)) at the answer (full vocab)."""
 
     name = "ga_kl"
     title = "GA+KL"
+    objective = "`-CE_forget + alpha * KL(model ‖ model before unlearning)_retain`"
+    retain_name = "L_kl"
 
-    def __init__(self, lm, encoder, verbalizer, generic, *, alpha=1.0, **options):
-        super().__init__(lm, encoder, verbalizer, generic, alpha=alpha, **options)
-        self.alpha = alpha
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
         self.reference: dict[int, torch.Tensor] = {}  # item index -> [answer length, vocab] log-probs
 
     def prepare(self, items: list[TrainItem]) -> None:
         """Full fine-tuning: the untouched model's answer log-probs of every retain row (on the CPU)."""
-        if self.peft is not None or self.alpha == 0:
+        if self.peft is not None or self.config.alpha == 0:
             return
         retain = [i for i, it in enumerate(items) if not it.is_forget]
         for index, _, logits in self.reference_batches(items, retain):
@@ -55,15 +59,11 @@ class GradientAscentKL(WeightMethod):
             out[row, width - ref.shape[0] :] = ref  # right-aligned like the targets; padding is masked
         return out.to(self.lm.device)
 
-    def loss(self, batch: TrainBatch):
-        """Each term averaged over the forget or retain rows of the batch."""
-        forget, retain = batch.is_forget, ~batch.is_forget
-        logits = self.logits(batch.batch)
-        loss_f = masked_mean(answer_nll(logits, batch.batch.targets), forget)
-        loss_kl = logits.sum() * 0.0
-        if self.alpha > 0 and retain.any():
-            ref_batch = batch.batch.select(retain)
-            ref = self.reference_logits(ref_batch)
-            loss_kl = answer_kl(logits[retain], ref, ref_batch.targets).mean()
-        total = -loss_f + self.alpha * loss_kl
-        return total, {"loss": total.item(), "L_f": loss_f.item(), "L_kl": loss_kl.item()}
+    def retain_term(self, logits: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        """The mean KL to the model before unlearning over the retain rows (0 with alpha 0)."""
+        retain = ~batch.is_forget
+        if self.config.alpha == 0 or not retain.any():
+            return logits.sum() * 0.0
+        ref_batch = batch.batch.select(retain)
+        ref = self.reference_logits(ref_batch)
+        return answer_kl(logits[retain], ref, ref_batch.targets).mean()

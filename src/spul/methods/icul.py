@@ -26,6 +26,9 @@ import torch
 from spul.errors import SpulError
 from spul.io import write_json_atomic
 from spul.methods.base import Method, TrainBatch, register
+from spul.methods.config import MethodConfig, option
+from spul.methods.kinds import ArtifactKind, Attached, register_kind
+from spul.models import LoadedModel
 from spul.prompting import Encoder, Template, Verbalizer
 
 CONTEXT_FILE = "context.json"
@@ -133,19 +136,37 @@ class ContextEncoder(Encoder):
         return prompts
 
 
+@dataclass
+class IculConfig(MethodConfig):
+    """How many demonstrations each query gets, and the size of the retain pool they come from."""
+
+    kind = "context"
+
+    shots: int = option(4, "demonstrations per query, the first flipped", flag="--icul-shots")
+    retain_pool: int = option(1000, "retain rows kept as correctly labelled demonstrations")
+
+    def check(self) -> None:
+        """At least one shot: the flipped forget row."""
+        if self.shots < 1:
+            raise SpulError(f"icul: shots must be at least 1 (the flipped forget row), got {self.shots}")
+
+    def training_defaults(self) -> dict[str, Any]:
+        """No epochs: ICUL does not train."""
+        return {"epochs": 0}
+
+
 @register
 class InContextUnlearning(Method):
     """Flipped-label forget demonstrations in the context; zero trainable parameters."""
 
     name = "icul"
     title = "ICUL"
-    kind = "context"
+    config_class = IculConfig
+    trains_on = "nothing"
+    objective = "flipped-label forget demonstration + k-1 retain demonstrations before each query"
 
-    def __init__(self, lm, encoder, verbalizer, generic, *, shots=4, retain_pool=1000):
-        if shots < 1:
-            raise SpulError(f"icul: shots must be at least 1 (the flipped forget row), got {shots}")
-        super().__init__(lm, encoder, verbalizer, generic, shots=shots, retain_pool=retain_pool)
-        self.shots, self.retain_pool = shots, retain_pool
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
         self.context: IculContext | None = None
         self._nothing = torch.nn.Module()
 
@@ -155,10 +176,10 @@ class InContextUnlearning(Method):
         retain = [(t, y) for t, y, f in zip(texts, labels, is_forget, strict=True) if not f]
         if not forget:
             raise SpulError("icul: there are no forget rows to put in the context")
-        if self.shots > 1 and not retain:
+        if self.config.shots > 1 and not retain:
             raise SpulError("icul: there are no retain rows for the correctly labelled demonstrations")
-        pool = random.Random(seed).sample(retain, min(self.retain_pool, len(retain)))
-        self.context = IculContext(forget, pool, self.shots, seed, len(self.verbalizer))
+        pool = random.Random(seed).sample(retain, min(self.config.retain_pool, len(retain)))
+        self.context = IculContext(forget, pool, self.config.shots, seed, len(self.verbalizer))
         return []
 
     def trainable(self) -> torch.nn.Module:
@@ -183,14 +204,21 @@ class InContextUnlearning(Method):
             raise SpulError("icul: nothing to save before items() was given the training rows")
         write_json_atomic(Path(folder) / CONTEXT_FILE, self.context.to_json())
 
-    @classmethod
-    def training_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """No epochs: ICUL does not train."""
-        return {"epochs": 0}
-
 
 def load_context_encoder(
     lm, folder: str | Path, template: Template, verbalizer: Verbalizer
 ) -> ContextEncoder:
     """The ContextEncoder of a saved ICUL artifact over a loaded model."""
     return ContextEncoder(lm.tokenizer, template, verbalizer, IculContext.load(folder))
+
+
+@register_kind
+class ContextKind(ArtifactKind):
+    """Demonstrations put before every query of the base model, which stays as it is."""
+
+    name = "context"
+    shares_base_model = True
+
+    def attach(self, lm: LoadedModel, folder: Path, template: Template, verbalizer: Verbalizer) -> Attached:
+        """The encoder that puts each query's demonstrations before it."""
+        return Attached(encoder=load_context_encoder(lm, folder, template, verbalizer))

@@ -8,30 +8,52 @@ plain NPO, trained on the forget rows only).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from spul.engine import sequence_logprob
 from spul.errors import SpulError
 from spul.methods.base import TrainBatch, TrainItem, register
-from spul.methods.losses import masked_mean
-from spul.methods.weights import WeightMethod, missing_reference
+from spul.methods.config import option
+from spul.methods.ga_gd import GradientAscentDescent
+from spul.methods.weights import WeightConfig, missing_reference
+
+
+@dataclass
+class NpoConfig(WeightConfig):
+    """The weight options, NPO's inverse temperature, and alpha (0: plain NPO on the forget rows only)."""
+
+    npo_beta: float = option(0.1, "NPO's inverse temperature")
+    alpha: float = option(0.0, "weight of the retain CE (0: train on the forget rows only)")
+
+    def check(self) -> None:
+        """beta must be positive (and the LoRA options need lora)."""
+        super().check()
+        if self.npo_beta <= 0:
+            raise SpulError(f"npo: beta must be positive, got {self.npo_beta}")
 
 
 @register
-class NegativePreference(WeightMethod):
-    """NPO on the forget rows' true labels, plus alpha * CE on the retain rows."""
+class NegativePreference(GradientAscentDescent):
+    """NPO on the forget rows' true labels, plus alpha * CE on the retain rows (the retain term of GA+GD)."""
 
     name = "npo"
     title = "NPO"
+    config_class = NpoConfig
+    trains_on = "forget rows (+ retain if alpha > 0)"
+    objective = "`-(2/β) log σ(-β (log p(y\\|x) - log p_ref(y\\|x)))` + `alpha * CE_retain`"
 
-    def __init__(self, lm, encoder, verbalizer, generic, *, npo_beta=0.1, alpha=0.0, **options):
-        if npo_beta <= 0:
-            raise SpulError(f"npo: beta must be positive, got {npo_beta}")
-        super().__init__(lm, encoder, verbalizer, generic, npo_beta=npo_beta, alpha=alpha, **options)
-        self.beta, self.alpha = npo_beta, alpha
-        self.rows = "all" if alpha > 0 else "forget"
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
         self.reference: dict[int, float] = {}  # item index -> log p_ref(answer | prompt)
+
+    @property
+    def rows(self) -> str:
+        """The retain rows are trained on only when they have a weight."""
+        return "all" if self.config.alpha > 0 else "forget"
 
     def prepare(self, items: list[TrainItem]) -> None:
         """The untouched model's log-probability of each forget row's answer."""
@@ -40,10 +62,10 @@ class NegativePreference(WeightMethod):
             values = sequence_logprob(logits, batch.targets).tolist()
             self.reference.update(zip(index, values, strict=True))
 
-    def loss(self, batch: TrainBatch):
-        """NPO over the forget rows of the batch, CE over its retain rows."""
-        forget, retain = batch.is_forget, ~batch.is_forget
-        logp = sequence_logprob(self.logits(batch.batch), batch.batch.targets)
+    def forget_term(self, logits: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """NPO over the forget rows of the batch, against their reference log-probabilities."""
+        forget = batch.is_forget
+        logp = sequence_logprob(logits, batch.batch.targets)
         loss_npo = logp.sum() * 0.0
         if forget.any():
             index = [i for i, f in zip(batch.batch.index, forget.tolist(), strict=True) if f]
@@ -51,7 +73,6 @@ class NegativePreference(WeightMethod):
                 raise missing_reference(self.name)
             ref = torch.tensor([self.reference[i] for i in index], device=logp.device)
             log_ratio = logp[forget] - ref
-            loss_npo = -(2.0 / self.beta) * F.logsigmoid(-self.beta * log_ratio).mean()
-        loss_r = masked_mean(-logp, retain)
-        total = loss_npo + self.alpha * loss_r
-        return total, {"loss": total.item(), "L_npo": loss_npo.item(), "L_r": loss_r.item()}
+            beta = self.config.npo_beta
+            loss_npo = -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+        return loss_npo, {"L_npo": loss_npo.item()}

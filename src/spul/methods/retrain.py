@@ -6,11 +6,21 @@ retain rows only, as if the forget rows had never been in the training data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from spul.errors import SpulError
 from spul.methods.base import register
-from spul.methods.finetune import LoraFinetune
+from spul.methods.finetune import FinetuneConfig, LoraFinetune
+
+
+@dataclass
+class RetrainConfig(FinetuneConfig):
+    """The `spul finetune` LoRA settings and training defaults."""
+
+    def training_defaults(self) -> dict[str, Any]:
+        """The `spul finetune` defaults: 2 epochs at lr 1e-4."""
+        return {"epochs": 2, "lr": 1e-4}
 
 
 @register
@@ -19,15 +29,19 @@ class Retrain(LoraFinetune):
 
     name = "retrain"
     title = "Retrain"
+    config_class = RetrainConfig
     from_untouched_model = True
+    baseline = True
+    trains_on = "retain rows, from the untouched model"
+    objective = "the `spul finetune` recipe (LoRA)"
 
-    def __init__(self, lm, encoder, verbalizer, generic, **options):
+    def __init__(self, lm, *args: Any, **options: Any):
         if lm.adapter is not None:
             raise SpulError(
                 f"retrain starts from the untouched model, but {lm.name} has the adapter {lm.adapter} "
                 "merged; load the model without --adapter"
             )
-        super().__init__(lm, encoder, verbalizer, generic, **options)
+        super().__init__(lm, *args, **options)
 
     def items(self, texts, labels, is_forget, seed):
         """The true label of every retain row; the forget rows are left out."""
@@ -40,8 +54,3 @@ class Retrain(LoraFinetune):
         """Mean ACC on the retain splits (the forget splits must not steer the gold standard)."""
         retain = [m["acc"] for name, m in table.items() if "retain" in name]
         return sum(retain) / len(retain) if retain else 0.0
-
-    @classmethod
-    def training_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """The `spul finetune` defaults: 2 epochs at lr 1e-4."""
-        return {"epochs": 2, "lr": 1e-4}

@@ -16,6 +16,8 @@ class RandomLabel(WeightMethod):
     name = "rl"
     title = "RL"
     rows = "forget"
+    trains_on = "forget rows"
+    objective = "`CE(random generic word)` (same seeded draws as SPUL)"
 
     def answer(self, label: int, forget: bool, rng: random.Random) -> tuple[int, ...]:
         """A generic word drawn per forget row (seeded; the same draws as SPUL's for the same seed)."""

@@ -3,98 +3,22 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from peft import PeftModel, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 
-from spul.engine import PrefixFn, answer_logits
-from spul.errors import SpulError
-from spul.methods.base import Method, TrainBatch, TrainItem, register
+from spul.methods.base import TrainBatch, TrainItem, register
+from spul.methods.config import option
 from spul.methods.losses import answer_kl, answer_nll, masked_mean
-from spul.prompting import Batch
-
-PROMPT_TYPES = ("ptuning", "prompt-tuning")
+from spul.methods.soft_prompt import SoftPromptConfig, SoftPromptMethod
 
 
-def prompt_config(prompt_type: str, num_virtual_tokens: int, encoder_hidden: int, token_dim: int):
-    """The peft config of a soft prompt: P-tuning (MLP re-parametrised, as the paper) or prompt tuning."""
-    if prompt_type == "ptuning":
-        return PromptEncoderConfig(
-            task_type=TaskType.CAUSAL_LM,
-            num_virtual_tokens=num_virtual_tokens,
-            encoder_hidden_size=encoder_hidden,
-            token_dim=token_dim,
-        )
-    if prompt_type == "prompt-tuning":
-        return PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens, token_dim=token_dim
-        )
-    raise SpulError(f"unknown prompt type {prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}")
+@dataclass
+class SpulConfig(SoftPromptConfig):
+    """The soft prompt plus the weights of SPUL's retain and KL terms."""
 
-
-class SoftPromptMethod(Method):
-    """Shared machinery of methods that train a soft prompt over the frozen model."""
-
-    kind = "prompt"
-
-    def __init__(
-        self,
-        lm,
-        encoder,
-        verbalizer,
-        generic,
-        *,
-        prompt_type="ptuning",
-        num_virtual_tokens=30,
-        encoder_hidden=128,
-        init_prompt=None,
-        **options,
-    ):
-        prompt = {
-            "prompt_type": prompt_type,
-            "num_virtual_tokens": num_virtual_tokens,
-            "encoder_hidden": encoder_hidden,
-        }
-        if init_prompt is not None:  # recorded only when used: other manifests stay as they were
-            prompt["init_prompt"] = str(init_prompt)
-        options = prompt | options
-        super().__init__(lm, encoder, verbalizer, generic, **options)
-        config = prompt_config(
-            options["prompt_type"],
-            options["num_virtual_tokens"],
-            options["encoder_hidden"],
-            lm.model.get_input_embeddings().embedding_dim,
-        )
-        # peft wraps the model without copying it; we use the prompt encoder and feed embeddings ourselves
-        # (peft's own forward ignores position ids, which matters with padding).
-        start = saved_prompt(lm, init_prompt, prompt_type, num_virtual_tokens) if init_prompt else None
-        self.peft = get_peft_model(lm.model, config)
-        self.peft.prompt_encoder.to(lm.device)
-        if start is not None:
-            with torch.no_grad():
-                self.peft.prompt_encoder["default"].embedding.weight.copy_(start)
-
-    def trainable(self) -> torch.nn.Module:
-        """The prompt encoder (P-tuning MLP or plain embeddings)."""
-        return self.peft.prompt_encoder
-
-    def prompt(self) -> torch.Tensor:
-        """The p virtual-token embeddings, [p, hidden]."""
-        return self.peft.get_prompt(batch_size=1)[0]
-
-    def prefix_fn(self) -> PrefixFn:
-        """The current soft prompt."""
-        return self.prompt
-
-    def save(self, folder: Path) -> None:
-        """Save as a peft adapter folder (loadable with PeftModel.from_pretrained)."""
-        self.peft.save_pretrained(str(folder))
-
-    def logits(self, batch: Batch, prompted: bool = True) -> torch.Tensor:
-        """Answer-position logits with or without the soft prompt."""
-        with self.lm.autocast():
-            return answer_logits(self.lm.model, batch, self.prompt() if prompted else None)
+    alpha: float = option(1.0, "weight of the retain term")
+    beta: float = option(0.5, "weight of the KL to the unprompted model")
 
 
 @register
@@ -102,10 +26,8 @@ class Spul(SoftPromptMethod):
     """L = L_f + alpha * L_r + beta * L_kl; forget rows learn a generic label, retain rows their true one."""
 
     name = "spul"
-
-    def __init__(self, lm, encoder, verbalizer, generic, *, alpha=1.0, beta=0.5, **options):
-        super().__init__(lm, encoder, verbalizer, generic, alpha=alpha, beta=beta, **options)
-        self.alpha, self.beta = alpha, beta
+    config_class = SpulConfig
+    baseline = False
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label."""
@@ -125,58 +47,17 @@ class Spul(SoftPromptMethod):
         loss_f = masked_mean(nll, forget)
         loss_r = masked_mean(nll, retain)
         loss_kl = logits.sum() * 0.0
-        if self.beta > 0 and retain.any():
+        if self.config.beta > 0 and retain.any():
             # The frozen model's own unprompted distribution, recomputed here with no grad: no second
             # copy of the model, and only a [retain rows, answer length, vocab] tensor at a time.
             ref_batch = batch.batch.select(retain)
             with torch.no_grad():
                 ref = self.logits(ref_batch, prompted=False)
             loss_kl = answer_kl(logits[retain], ref, ref_batch.targets).mean()
-        total = loss_f + self.alpha * loss_r + self.beta * loss_kl
+        total = loss_f + self.config.alpha * loss_r + self.config.beta * loss_kl
         return total, {
             "loss": total.item(),
             "L_f": loss_f.item(),
             "L_r": loss_r.item(),
             "L_kl": loss_kl.item(),
         }
-
-
-def load_prompt_encoder(lm, folder: Path) -> PeftModel:
-    """Attach a saved soft prompt (peft folder) to a loaded model."""
-    peft = PeftModel.from_pretrained(lm.model, str(folder))
-    peft.prompt_encoder.to(lm.device)
-    peft.eval()
-    return peft
-
-
-def saved_prompt(lm, folder: str | Path, prompt_type: str, num_virtual_tokens: int) -> torch.Tensor:
-    """The embeddings of a saved prompt, to continue training from (plain prompt tuning only).
-
-    peft saves a P-tuning prompt as its output embeddings, without the MLP that made them, so training
-    can continue from a saved prompt only as plain prompt tuning of those embeddings.
-    """
-    from safetensors.torch import load_file
-
-    from spul.artifacts import check_base_model, model_fingerprint, read_manifest
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest.get("kind") != "prompt":
-        raise SpulError(f"--init-prompt {folder}: holds a {manifest.get('kind')}, not a soft prompt")
-    check_base_model(manifest, model_fingerprint(lm.model), folder)
-    if prompt_type != "prompt-tuning":
-        raise SpulError(
-            "--init-prompt continues a saved prompt as plain prompt tuning (peft saves a P-tuning prompt "
-            "without its MLP): add --prompt-type prompt-tuning"
-        )
-    weights = folder / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise SpulError(f"--init-prompt {folder}: no adapter_model.safetensors")
-    embeddings = load_file(str(weights)).get("prompt_embeddings")
-    if embeddings is None or embeddings.dim() != 2:
-        raise SpulError(f"--init-prompt {weights}: no prompt_embeddings tensor")
-    if embeddings.shape[0] != num_virtual_tokens:
-        raise SpulError(
-            f"--init-prompt {folder} has {embeddings.shape[0]} virtual tokens: pass --p {embeddings.shape[0]}"
-        )
-    return embeddings.float()

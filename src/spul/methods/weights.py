@@ -12,49 +12,71 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
 from spul.engine import answer_logits
 from spul.errors import SpulError
 from spul.methods.base import Method, TrainItem
-from spul.methods.finetune import DEFAULT_TARGETS
+from spul.methods.config import MethodConfig, option
+from spul.methods.kinds import ArtifactKind, register_kind
+from spul.methods.lora import attach_lora
+from spul.models import LoadedModel, load_model
 from spul.prompting import Batch, length_sorted_batches
 
 FULL_LR, LORA_LR = 1e-5, 1e-4  # default peak learning rates (the paper searched them; so can --lr)
+LORA_R, LORA_ALPHA = 16, 64  # the LoRA rank and alpha with lora=True
+
+
+@dataclass
+class WeightConfig(MethodConfig):
+    """Full fine-tuning (default) or a LoRA adapter; 1 epoch, lr 1e-5 (1e-4 with LoRA)."""
+
+    lora: bool = option(False, "train a LoRA adapter, not every weight")
+    r: int | None = option(None, f"LoRA rank (with --lora) [default: {LORA_R}]", flag="--lora-r")
+    lora_alpha: int | None = option(None, f"LoRA alpha (with --lora) [default: {LORA_ALPHA}]")
+
+    @property
+    def kind(self) -> str:
+        """A LoRA adapter with lora=True, else the whole unlearned model."""
+        return "adapter" if self.lora else "weights"
+
+    def check(self) -> None:
+        """The LoRA rank and alpha need lora=True."""
+        if not self.lora and (self.r is not None or self.lora_alpha is not None):
+            raise SpulError("the LoRA rank and alpha only apply with lora=True (--lora)")
+
+    def training_defaults(self) -> dict[str, Any]:
+        """One epoch (as the paper's baselines); lr 1e-5 for full fine-tuning, 1e-4 with LoRA."""
+        return {"epochs": 1, "lr": LORA_LR if self.lora else FULL_LR}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """`lora`, the rank and alpha with LoRA only, then the method's own options."""
+        out = super().hyperparameters()
+        if self.lora:
+            out |= {"lora": True, "r": self.r or LORA_R, "lora_alpha": self.lora_alpha or LORA_ALPHA}
+        else:
+            del out["r"], out["lora_alpha"]
+        return out
 
 
 class WeightMethod(Method):
     """A baseline trained on the model's own weights: every weight (default) or a LoRA adapter."""
 
-    kind = "weights"
+    config_class = WeightConfig
     # Which rows a method trains on: "forget" (GA, RL) or "all" (forget and retain).
     rows: str = "all"
 
-    def __init__(self, lm, encoder, verbalizer, generic, *, lora=False, r=None, lora_alpha=None, **options):
-        if not lora and (r is not None or lora_alpha is not None):
-            raise SpulError("the LoRA rank and alpha only apply with lora=True (--lora)")
-        settings: dict[str, Any] = {"lora": bool(lora)}
-        if lora:
-            settings |= {"r": r or 16, "lora_alpha": lora_alpha or 64}
-        super().__init__(lm, encoder, verbalizer, generic, **(settings | options))
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        lm, config = self.lm, self.config
         self.peft = None
-        if lora:
-            self.kind = "adapter"
-            config = LoraConfig(
-                task_type=TaskType.CAUSAL_LM,
-                r=settings["r"],
-                lora_alpha=settings["lora_alpha"],
-                lora_dropout=0.1,
-                target_modules=list(DEFAULT_TARGETS),
-            )
-            if getattr(lm.model, "is_loaded_in_4bit", False):
-                lm.model = prepare_model_for_kbit_training(lm.model, use_gradient_checkpointing=False)
+        if config.lora:
             # LoRA layers are injected into lm.model in place, so lm.model's own forward trains them.
-            self.peft = get_peft_model(lm.model, config)
+            self.peft = attach_lora(lm, r=config.r or LORA_R, lora_alpha=config.lora_alpha or LORA_ALPHA)
             self.module: torch.nn.Module = self.peft
         else:
             if getattr(lm.model, "is_loaded_in_4bit", False) or getattr(lm.model, "is_quantized", False):
@@ -120,12 +142,22 @@ class WeightMethod(Method):
         self.lm.model.save_pretrained(str(folder))
         self.lm.tokenizer.save_pretrained(str(folder))
 
-    @classmethod
-    def training_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """One epoch (as the paper's baselines); lr 1e-5 for full fine-tuning, 1e-4 with LoRA."""
-        return {"epochs": 1, "lr": LORA_LR if options.get("lora") else FULL_LR}
-
 
 def missing_reference(name: str) -> SpulError:
     """The error of a loss asked for rows whose reference was never computed."""
     return SpulError(f"{name}: no reference for some rows; call prepare(items) on the untrained model first")
+
+
+@register_kind
+class WeightsKind(ArtifactKind):
+    """The whole unlearned model (a plain model folder): nothing to load it over."""
+
+    name = "weights"
+
+    def load_model(
+        self, folder: Path, manifest: dict[str, Any], *, model: str | None, adapter: str | None, **load: Any
+    ) -> LoadedModel:
+        """The model in the artifact folder itself (--model and --adapter are refused)."""
+        if model is not None or adapter is not None:
+            raise SpulError(f"{folder} holds the whole unlearned model; --model and --adapter do not apply")
+        return load_model(str(folder), **load)

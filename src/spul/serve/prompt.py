@@ -51,32 +51,24 @@ class ServedPrompt:
 Loader = Callable[[str | None, "ServedPrompt | None"], ServedPrompt]
 
 
-def prompt_loader(
-    prompt: str | Path,
-    *,
-    model: str | None = None,
-    adapter: str | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-) -> Loader:
+def prompt_loader(prompt: str | Path, **options: Any) -> Loader:
     """A loader for the service: `load(path or None for the current path, current) -> ServedPrompt`.
 
-    A prompt trained on the same weights (same base-model fingerprint) as the current one reuses the
-    loaded model, so a reload reads only the prompt; any other prompt loads its base model afresh.
+    `options` are `load_unlearned`'s (model, adapter, device, precision). An artifact that goes over the
+    loaded model as it is (`Unlearned.shares_model_with`: a prompt or context trained on the same weights)
+    reuses that model, so a reload reads only the artifact; any other loads its model afresh.
     """
-    from spul.pipeline import Unlearned, load_unlearned
+    from spul.unlearned import Unlearned, load_unlearned
 
     default = Path(prompt)
 
     def load(path: str | None, current: ServedPrompt | None) -> ServedPrompt:
         folder = Path(path) if path else default
         old = current.predictor if current is not None else None
-        if isinstance(old, Unlearned) and old.manifest.get("kind") == "prompt":
+        if isinstance(old, Unlearned):
             manifest = read_manifest(folder)
-            loaded = old.manifest["base_model"]["fingerprint"]  # checked against these weights on load
-            if manifest.get("kind") == "prompt" and manifest["base_model"].get("fingerprint") == loaded:
-                return ServedPrompt.wrap(Unlearned(old.lm, folder, manifest, base_adapter=old.base_adapter))
-        unlearned = load_unlearned(folder, model=model, adapter=adapter, device=device, precision=precision)
-        return ServedPrompt.wrap(unlearned)
+            if old.shares_model_with(manifest):
+                return ServedPrompt.wrap(old.with_artifact(folder, manifest))
+        return ServedPrompt.wrap(load_unlearned(folder, **options))
 
     return load
