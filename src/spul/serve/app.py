@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import spul
 from spul.errors import SpulError
-from spul.serve.auth import AuthGate
+from spul.serve.auth import AuthGate, is_admin
 from spul.serve.batcher import BatcherBusy, BatcherClosed, DynamicBatcher
 from spul.serve.limits import BodyLimit, check_texts, parse_body, unprocessable
 from spul.serve.metrics import ServeMetrics
@@ -344,10 +344,22 @@ def create_app(
     )
     async def reload(request: Request) -> dict[str, Any]:
         """Admin token only: swap in a prompt under the prompt roots, or re-read the one in use."""
+        if not is_admin(request.scope, config.admin_token):  # AuthGate checked already; never rely on one
+            raise HTTPException(403, detail="this route needs the admin token")
         body = parse_body(await request.body(), {"prompt": "str"})
         return await service.reload(body.get("prompt"))
 
-    app.openapi_schema = None
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema, with the request bodies these routes parse themselves."""
+        schema = generate()
+        bodies = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ClassifyRequest, ReloadRequest):
+            bodies.setdefault(model.__name__, model.model_json_schema())
+        return schema
+
+    app.openapi = openapi
     routes = {r.path for r in app.routes if hasattr(r, "path")}
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
     app.add_middleware(AuthGate, token=config.token, admin_token=config.admin_token)  # before the body

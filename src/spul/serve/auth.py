@@ -113,6 +113,14 @@ class AuthGate:
         await _deny(scope, receive, send, 401, "missing or invalid bearer token")
 
 
+def is_admin(scope: Scope, admin_token: str | None) -> bool:
+    """True when the request carries the admin token (False when there is none)."""
+    given = _bearer(scope)
+    if admin_token is None or given is None:
+        return False
+    return secrets.compare_digest(given, admin_token.encode())
+
+
 def _bearer(scope: Scope) -> bytes | None:
     """The bearer token of the request's Authorization header, or None."""
     for name, value in scope.get("headers", []):
