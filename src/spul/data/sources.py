@@ -131,6 +131,8 @@ def _parse_json_lines(text: str, path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: malformed JSON ({exc})") from exc
         if not all(isinstance(r, dict) for r in records):
             raise DataError(f"{path}: expected a JSON array of objects")
+        for number, record in enumerate(records, start=1):
+            _check_unicode(record, f"{path}, row {number}")
         return pd.DataFrame.from_records(records)
     lines = text.rstrip("\r\n").split("\n")
     records = []
@@ -144,8 +146,18 @@ def _parse_json_lines(text: str, path: Path) -> pd.DataFrame:
         if not isinstance(record, dict):
             where = location(str(path), number, 0)
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if "\\ud" in line.lower():  # a surrogate can only come from an escape
+            _check_unicode(record, location(str(path), number, 0))
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def _check_unicode(record: dict, where: str) -> None:
+    """DataError when a JSON record holds a lone surrogate (an escape like \\ud800: not valid Unicode)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: text is not valid Unicode (a lone surrogate escape)") from None
 
 
 def _drop_trailing_blank_rows(frame: pd.DataFrame) -> pd.DataFrame:
