@@ -326,7 +326,8 @@ def test_spul_serve_process_reloads_on_sighup_and_drains_on_sigterm(prompts, unl
     port = _free_port()
     env = os.environ | {TOKEN_ENV: TOKEN}
     command = [sys.executable, "-m", "spul", "serve", "--prompt", str(live), "--port", str(port)]
-    command += ["--device", "cpu", "--precision", "fp32", "--max-wait-ms", "400", "--log-level", "warning"]
+    command += ["--device", "cpu", "--precision", "fp32", "--max-wait-ms", "1500", "--log-level", "warning"]
+    command += ["--return-probabilities", "--body-timeout", "1"]
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -342,6 +343,16 @@ def test_spul_serve_process_reloads_on_sighup_and_drains_on_sigterm(prompts, unl
             time.sleep(0.2)
         first = httpx.post(f"{base}/v1/classify", json={"texts": TEXTS}, headers=AUTH, timeout=30).json()
         assert same(first["predictions"], unlearned["a"].predict(TEXTS))
+        # a big unauthenticated upload is refused from its headers and the connection closed; a stalled
+        # authenticated one gets 408 after --body-timeout
+        for headers, code in ((b"", b"401"), (f"Authorization: Bearer {TOKEN}\r\n".encode(), b"408")):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 990000\r\n" + headers
+                raw.sendall(head + b"\r\n" + b"x" * 1000)
+                answer = b""
+                while chunk := raw.recv(65536):  # EOF: the server closed the connection
+                    answer += chunk
+                assert answer.split(b" ")[1] == code, answer
 
         shutil.rmtree(live)
         shutil.copytree(prompts["b"], live)  # a new prompt in the same folder, then SIGHUP
@@ -354,12 +365,15 @@ def test_spul_serve_process_reloads_on_sighup_and_drains_on_sigterm(prompts, unl
 
         results = {}
 
-        def in_flight():  # waits 400 ms in the batcher: SIGTERM arrives meanwhile
+        def in_flight():  # waits 1.5 s in the batcher: SIGTERM arrives meanwhile
             results["r"] = httpx.post(f"{base}/v1/classify", json={"texts": TEXTS}, headers=AUTH, timeout=30)
 
         thread = threading.Thread(target=in_flight)
         thread.start()
-        time.sleep(0.15)
+        deadline = time.monotonic() + 10
+        while "spul_in_flight_requests 1.0" not in httpx.get(f"{base}/metrics", headers=AUTH, timeout=5).text:
+            assert time.monotonic() < deadline, "the request did not arrive"
+            time.sleep(0.02)
         server.send_signal(signal.SIGTERM)
         thread.join(30)
         assert results["r"].status_code == 200
