@@ -1,13 +1,15 @@
 """Load test of `spul serve` on loopback: N concurrent clients for T seconds, a prompt reload half-way.
 
     python benchmarks/bench_serve.py --tiny                          # tiny random model (seconds, no files)
+    python benchmarks/bench_serve.py --tiny --clients 200 --seconds 30   # the bounded load test
     python benchmarks/bench_serve.py --prompt runs/sst2/prompt --reload-prompt runs/sst2/prompt2 \
         --clients 16 --seconds 30 --out runs/bench/serve.json
 
 Starts `spul serve` in a subprocess on 127.0.0.1 (a random port and token), runs the clients (httpx,
 asyncio) and reports throughput, p50/p99 latency, errors and lost requests (sent but never answered
-with a 200), and which prompt answered how many requests around the reload. Bounded: at most 512
-clients and 600 seconds; the server binds to loopback only.
+with a 200), which prompt answered how many requests around the reload (sent with the admin token),
+and the server's resident memory (ready, peak, end). Bounded: at most 512 clients and 600 seconds;
+the server binds to loopback only. Exits 1 unless there were 0 errors and 0 lost requests.
 """
 
 from __future__ import annotations
@@ -64,7 +66,18 @@ def tiny_prompts(folder: Path) -> tuple[Path, Path]:
     return folder / "a", folder / "b"
 
 
-def start_server(args, prompt: Path, port: int, token: str, log: Path) -> subprocess.Popen:
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (Linux /proc; nan elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def start_server(args, prompt: Path, port: int, token: str, admin: str, log: Path) -> subprocess.Popen:
     """`spul serve` in a subprocess, its output in `log`."""
     command = [sys.executable, "-m", "spul", "serve", "--prompt", str(prompt), "--port", str(port)]
     command += [
@@ -78,7 +91,7 @@ def start_server(args, prompt: Path, port: int, token: str, log: Path) -> subpro
     command += ["--max-texts", str(max(64, args.texts_per_request)), "--log-level", "warning"]
     command += ["--precision", args.precision] + (["--device", args.device] if args.device else [])
     command += ["--model", args.model] if args.model else []
-    env = os.environ | {"SPUL_API_TOKEN": token}
+    env = os.environ | {"SPUL_API_TOKEN": token, "SPUL_ADMIN_TOKEN": admin}
     handle = open(log, "w")  # the child keeps it open; ours closes when the script ends
     return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
@@ -100,8 +113,9 @@ async def wait_ready(base: str, server: subprocess.Popen, log: Path, timeout: fl
             await asyncio.sleep(0.2)
 
 
-async def load(args, base: str, token: str, texts: list[str], reload_prompt: str | None) -> dict:
-    """Run the clients, reload the prompt half-way; latencies, errors and which prompt answered."""
+async def load(args, base: str, tokens: tuple[str, str], texts: list[str], reload_prompt, pid: int) -> dict:
+    """Run the clients, reload the prompt half-way; latencies, errors, which prompt answered, memory."""
+    token, admin = tokens
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     errors: Counter[str] = Counter()
@@ -137,7 +151,9 @@ async def load(args, base: str, token: str, texts: list[str], reload_prompt: str
             at = time.monotonic() - start
             t0 = time.perf_counter()
             body = {"prompt": reload_prompt} if reload_prompt else {}
-            response = await client.post("/v1/admin/reload", json=body)
+            response = await client.post(
+                "/v1/admin/reload", json=body, headers={"Authorization": f"Bearer {admin}"}
+            )
             result = {"at_s": round(at, 2), "took_ms": round(1000 * (time.perf_counter() - t0), 1)}
             result["status"] = response.status_code
             if response.status_code == 200:
@@ -147,10 +163,18 @@ async def load(args, base: str, token: str, texts: list[str], reload_prompt: str
                 result["detail"] = response.text[:300]
             return result
 
+        memory = [rss_mb(pid)]
+
+        async def watch_memory() -> None:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                memory.append(rss_mb(pid))
+
         tasks = [one_client(k) for k in range(args.clients)]
         reload_task = reload_half_way() if not args.no_reload else asyncio.sleep(0, result=None)
-        *_, reloaded = await asyncio.gather(*tasks, reload_task)
+        *_, reloaded = await asyncio.gather(*tasks, watch_memory(), reload_task)
         wall = time.monotonic() - start
+        memory.append(rss_mb(pid))
         metrics = (await client.get("/metrics")).text
     ok = len(latencies)
     ms = sorted(1000 * x for x in latencies)
@@ -171,6 +195,7 @@ async def load(args, base: str, token: str, texts: list[str], reload_prompt: str
             "max": round(ms[-1], 1) if ms else None,
         },
         "reload": reloaded,
+        "rss_mb": {"ready": round(memory[0], 1), "peak": round(max(memory), 1), "end": round(memory[-1], 1)},
         "answered_by_prompt": dict(answered_by),
         "batches": {
             "count": int(batches[0]),
@@ -231,12 +256,13 @@ def main() -> None:
         else:
             prompt, reload_prompt = Path(args.prompt), args.reload_prompt
         texts, _ = bench_texts(512, args.data_dir)
-        port, token, log = free_port(), secrets.token_urlsafe(24), tmp / "server.log"
-        server = start_server(args, prompt, port, token, log)
+        port, log = free_port(), tmp / "server.log"
+        token, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        server = start_server(args, prompt, port, token, admin, log)
         base = f"http://127.0.0.1:{port}"
         try:
             startup = asyncio.run(wait_ready(base, server, log, args.startup_timeout))
-            result = asyncio.run(load(args, base, token, texts, reload_prompt))
+            result = asyncio.run(load(args, base, (token, admin), texts, reload_prompt, server.pid))
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -259,6 +285,8 @@ def main() -> None:
         result["server_log_errors"] = [line for line in log.read_text().splitlines() if "ERROR" in line][:5]
         result["machine"] = machine()
     report(result, args.out)
+    if result["errors"] or result["lost"] or (result["reload"] or {}).get("status", 200) != 200:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,14 @@ from spul.errors import SpulError
 from spul.models import load_model
 from spul.pipeline import load_unlearned, train_artifact
 from spul.serve import ServeConfig, ServedPrompt, create_app, prompt_loader
+from spul.serve.app import public
 from spul.serve.auth import TOKEN_ENV, resolve_token
 from spul.training import TrainConfig
 
 TOKEN = "test-token-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TEXTS = [
     "a gorgeous, witty, seductive movie.",
     "the film is strictly routine.",
@@ -70,15 +73,19 @@ def unlearned(prompts):
 
 
 def same(got, want, tol=1e-5):
-    """Same labels and probabilities up to float noise (rows padded differently in another batch)."""
+    """Same labels and probabilities (as the service shows them: none for `other`) up to float noise."""
+    want = public(want, True)
     return len(got) == len(want) and all(
-        g["label"] == w["label"] and g["probabilities"] == pytest.approx(w["probabilities"], abs=tol)
+        g["label"] == w["label"]
+        and g.get("probabilities") == pytest.approx(w.get("probabilities"), abs=tol)
+        and ("probabilities" in g) == ("probabilities" in w)
         for g, w in zip(got, want, strict=True)
     )
 
 
 def make_app(prompts, unlearned, **settings):
-    config = ServeConfig(token=settings.pop("token", TOKEN), **settings)
+    settings = {"token": TOKEN, "admin_token": ADMIN_TOKEN, "return_probabilities": True} | settings
+    config = ServeConfig(**settings)
     loader = prompt_loader(prompts["a"], device="cpu", precision="fp32")
     return create_app(ServedPrompt.wrap(unlearned["a"]), config, loader=loader)
 
@@ -96,6 +103,7 @@ def test_no_or_wrong_token_is_401(prompts, unlearned):
             assert "token" in response.json()["detail"]
         assert client.get("/metrics").status_code == 401
         assert client.post("/v1/admin/reload", json={}).status_code == 401
+        assert client.post("/v1/admin/reload", json={}, headers=AUTH).status_code == 403
         assert client.get("/v1/prompt").status_code == 401
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").json() == {"ready": True}
@@ -137,8 +145,9 @@ def test_every_request_gets_the_prompt(prompts, unlearned, tmp_path):
         response = classify(client, TEXTS)
     assert response.status_code == 200
     body = response.json()
-    assert body["predictions"] == unlearned["a"].predict(TEXTS, batch_size=32)
-    assert body["prompt"]["path"] == str(prompts["a"]) and len(body["prompt"]["fingerprint"]) == 32
+    assert body["predictions"] == public(unlearned["a"].predict(TEXTS, batch_size=32), True)
+    assert body["prompt"]["id"] == "a" and len(body["prompt"]["fingerprint"]) == 32
+    assert "path" not in body["prompt"] and str(prompts["a"].parent) not in response.text
     # the same as `spul predict` prints
     from typer.testing import CliRunner
 
@@ -149,7 +158,7 @@ def test_every_request_gets_the_prompt(prompts, unlearned, tmp_path):
     )
     assert result.exit_code == 0, result.output
     printed = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [{k: d[k] for k in ("label", "probabilities")} for d in printed] == body["predictions"]
+    assert public(printed, True) == body["predictions"]
     # and not what the model says without the prompt
     plain = unlearned["a"]
     bare = score(plain.lm, plain.encoder, plain.verbalizer, TEXTS, [0] * len(TEXTS), show_progress=False)
@@ -206,13 +215,13 @@ def test_reload_swaps_atomically_and_keeps_every_request(prompts, unlearned):
         before = [asyncio.create_task(one(i)) for i in range(12)]
         await asyncio.sleep(0.01)
         reload = asyncio.create_task(
-            client.post("/v1/admin/reload", json={"prompt": str(prompts["b"])}, headers=AUTH)
+            client.post("/v1/admin/reload", json={"prompt": str(prompts["b"])}, headers=ADMIN)
         )
         during = [asyncio.create_task(one(i)) for i in range(12, 24)]
         reloaded = await reload
         after = [await one(i) for i in range(24, 27)]
         failed = await client.post(
-            "/v1/admin/reload", json={"prompt": str(prompts["b"]) + "-missing"}, headers=AUTH
+            "/v1/admin/reload", json={"prompt": str(prompts["b"]) + "-missing"}, headers=ADMIN
         )
         info = (await client.get("/v1/prompt", headers=AUTH)).json()
         metrics = (await client.get("/metrics", headers=AUTH)).text
@@ -229,7 +238,7 @@ def test_reload_swaps_atomically_and_keeps_every_request(prompts, unlearned):
         expected = want[body["prompt"]["fingerprint"]]  # a batch is answered wholly by the prompt it names
         assert same(body["predictions"], [expected[t] for t in texts])
     assert {r.json()["prompt"]["fingerprint"] for _, r in after} == {fb}
-    assert failed.status_code == 422 and "still serving the old prompt" in failed.json()["detail"]
+    assert failed.status_code == 403 and "not a prompt folder under the prompt roots" in failed.text
     assert info["fingerprint"] == fb and info["requests"] == ["req-0001", "req-0002"]
     assert 'spul_prompt_reloads_total{result="ok"} 1.0' in metrics
     assert 'spul_prompt_reloads_total{result="failed"} 1.0' in metrics
@@ -255,14 +264,14 @@ def test_shutdown_finishes_in_flight_requests(prompts, unlearned):
 
 
 def test_openapi_and_metrics(prompts, unlearned):
-    with TestClient(make_app(prompts, unlearned)) as client:
-        schema = client.get("/openapi.json").json()
+    with TestClient(make_app(prompts, unlearned, docs=True)) as client:
+        assert client.get("/openapi.json").status_code == 401
+        schema = client.get("/openapi.json", headers=AUTH).json()
         classify(client, TEXTS[:3])
         classify(client, [])
         text = client.get("/metrics", headers=AUTH).text
     assert {"/v1/classify", "/v1/admin/reload", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
     assert schema["components"]["schemas"]["ClassifyRequest"]["additionalProperties"] is False
-    assert "HTTPBearer" in schema["components"]["securitySchemes"]
     families = {f.name: f for f in text_string_to_metric_families(text)}
     codes = {
         (s.labels["route"], s.labels["code"]): s.value
@@ -317,7 +326,8 @@ def test_spul_serve_process_reloads_on_sighup_and_drains_on_sigterm(prompts, unl
     port = _free_port()
     env = os.environ | {TOKEN_ENV: TOKEN}
     command = [sys.executable, "-m", "spul", "serve", "--prompt", str(live), "--port", str(port)]
-    command += ["--device", "cpu", "--precision", "fp32", "--max-wait-ms", "400", "--log-level", "warning"]
+    command += ["--device", "cpu", "--precision", "fp32", "--max-wait-ms", "1500", "--log-level", "warning"]
+    command += ["--return-probabilities", "--body-timeout", "1"]
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -333,6 +343,16 @@ def test_spul_serve_process_reloads_on_sighup_and_drains_on_sigterm(prompts, unl
             time.sleep(0.2)
         first = httpx.post(f"{base}/v1/classify", json={"texts": TEXTS}, headers=AUTH, timeout=30).json()
         assert same(first["predictions"], unlearned["a"].predict(TEXTS))
+        # a big unauthenticated upload is refused from its headers and the connection closed; a stalled
+        # authenticated one gets 408 after --body-timeout
+        for headers, code in ((b"", b"401"), (f"Authorization: Bearer {TOKEN}\r\n".encode(), b"408")):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 990000\r\n" + headers
+                raw.sendall(head + b"\r\n" + b"x" * 1000)
+                answer = b""
+                while chunk := raw.recv(65536):  # EOF: the server closed the connection
+                    answer += chunk
+                assert answer.split(b" ")[1] == code, answer
 
         shutil.rmtree(live)
         shutil.copytree(prompts["b"], live)  # a new prompt in the same folder, then SIGHUP
@@ -345,12 +365,15 @@ def test_spul_serve_process_reloads_on_sighup_and_drains_on_sigterm(prompts, unl
 
         results = {}
 
-        def in_flight():  # waits 400 ms in the batcher: SIGTERM arrives meanwhile
+        def in_flight():  # waits 1.5 s in the batcher: SIGTERM arrives meanwhile
             results["r"] = httpx.post(f"{base}/v1/classify", json={"texts": TEXTS}, headers=AUTH, timeout=30)
 
         thread = threading.Thread(target=in_flight)
         thread.start()
-        time.sleep(0.15)
+        deadline = time.monotonic() + 10
+        while "spul_in_flight_requests 1.0" not in httpx.get(f"{base}/metrics", headers=AUTH, timeout=5).text:
+            assert time.monotonic() < deadline, "the request did not arrive"
+            time.sleep(0.02)
         server.send_signal(signal.SIGTERM)
         thread.join(30)
         assert results["r"].status_code == 200

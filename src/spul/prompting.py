@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -86,6 +87,10 @@ class Batch:
         )
 
 
+class TruncationWarning(UserWarning):
+    """Texts were cut to fit the model's max_length (the message gives the counts)."""
+
+
 class Encoder:
     """Tokenises texts with the template once, then builds batches with any answer appended."""
 
@@ -106,6 +111,14 @@ class Encoder:
         if budget < 1:
             raise SpulError(f"max_length {self.max_length} leaves no room for text in the template")
         body = self.tokenizer([self._lead + t for t in texts], add_special_tokens=False).input_ids
+        cut = [len(ids) for ids in body if len(ids) > budget]
+        if cut:
+            warnings.warn(
+                f"{len(cut)} of {len(body)} texts are longer than the {budget} tokens max_length "
+                f"{self.max_length} leaves for the text (longest: {max(cut)} tokens); they were truncated",
+                TruncationWarning,
+                stacklevel=2,
+            )
         return [self._before + ids[:budget] + self._after for ids in body]
 
     def batch(

@@ -135,12 +135,15 @@ def _read_inputs(texts: list[str] | None, file: Path | None) -> list[str]:
     elif file is not None:
         if not file.is_file():
             raise SpulError(f"{file}: file not found")
-        inputs = file.read_text(encoding="utf-8").splitlines()
+        inputs = file.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     else:
-        inputs = sys.stdin.read().splitlines()
+        inputs = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape").splitlines()
     inputs = [t for t in inputs if t.strip()]
     if not inputs:
         raise SpulError("no texts given (pass them as arguments, with --file, or on stdin)")
+    for i, text in enumerate(inputs, start=1):
+        if any("\ud800" <= c <= "\udfff" for c in text):
+            raise SpulError(f"text {i} is not valid UTF-8 / Unicode (a lone surrogate)")
     return inputs
 
 

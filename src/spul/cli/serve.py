@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -24,18 +26,36 @@ def serve_cmd(
     model: BaseModelOpt = None,
     adapter: AdapterOpt = None,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to bind")] = 8000,
+    port: Annotated[int, typer.Option(help="port to bind (1..65535)")] = 8000,
     token_file: Annotated[
         Path | None, typer.Option(help="file holding the API token (default: $SPUL_API_TOKEN)")
+    ] = None,
+    admin_token_file: Annotated[
+        Path | None,
+        typer.Option(help="file holding the admin token for reloads (default: $SPUL_ADMIN_TOKEN; none: off)"),
     ] = None,
     insecure_no_auth: Annotated[
         bool, typer.Option("--insecure-no-auth", help="no authentication (loopback only, local use)")
     ] = False,
+    prompt_root: Annotated[
+        list[Path] | None,
+        typer.Option(help="folder reloads may serve from (repeatable; default: the prompt's parent)"),
+    ] = None,
+    return_probabilities: Annotated[
+        bool,
+        typer.Option(
+            "--return-probabilities", help="also return label probabilities (they leak the forgotten label)"
+        ),
+    ] = False,
+    docs: Annotated[bool, typer.Option("--docs", help="serve /openapi.json (behind the API token)")] = False,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body (else 413)")] = 1_000_000,
+    body_timeout: Annotated[float, typer.Option(help="seconds to receive a request body (else 408)")] = 10.0,
     max_texts: Annotated[int, typer.Option(help="most texts per request (else 422)")] = 64,
     max_text_chars: Annotated[int, typer.Option(help="longest text in characters (else 422)")] = 5_000,
     max_batch: Annotated[int, typer.Option(help="most texts per model batch")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="how long a batch waits for more requests")] = 5.0,
+    max_queued_texts: Annotated[int, typer.Option(help="most texts waiting for the model (else 503)")] = 4096,
+    max_connections: Annotated[int, typer.Option(help="most concurrent connections (else 503)")] = 512,
     graceful_timeout: Annotated[
         float, typer.Option(help="seconds to finish in-flight requests on shutdown")
     ] = 30.0,
@@ -43,7 +63,9 @@ def serve_cmd(
     precision: PrecisionOpt = "auto",
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """HTTP service: POST /v1/classify, the unlearning prompt applied to every request (SIGHUP reloads it)."""
+    """HTTP service: POST /v1/classify, the unlearning prompt applied to every request (SIGHUP re-reads)."""
+    pending = threading.Event()  # first of all: a SIGHUP while the model loads is queued, not fatal
+    signal.signal(signal.SIGHUP, lambda *_: pending.set())
     from spul.serve.server import run_server
 
     for name, value in (
@@ -51,9 +73,18 @@ def serve_cmd(
         ("max-text-chars", max_text_chars),
         ("max-batch", max_batch),
         ("max-body-bytes", max_body_bytes),
+        ("max-queued-texts", max_queued_texts),
+        ("max-connections", max_connections),
     ):
         if value < 1:
             raise SpulError(f"--{name} must be at least 1, got {value}")
+    for name, value in (("body-timeout", body_timeout), ("graceful-timeout", graceful_timeout)):
+        if not value > 0:
+            raise SpulError(f"--{name} must be above 0, got {value}")
+    if max_wait_ms < 0:
+        raise SpulError(f"--max-wait-ms must be at least 0, got {max_wait_ms}")
+    if max_queued_texts < max_texts:
+        raise SpulError(f"--max-queued-texts ({max_queued_texts}) must be at least --max-texts ({max_texts})")
     run_server(
         prompt,
         model=model,
@@ -63,14 +94,22 @@ def serve_cmd(
         host=host,
         port=port,
         token_file=token_file,
+        admin_token_file=admin_token_file,
         insecure_no_auth=insecure_no_auth,
+        prompt_roots=prompt_root,
+        return_probabilities=return_probabilities,
+        docs=docs,
         max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
         max_texts=max_texts,
         max_text_chars=max_text_chars,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
+        max_queued_texts=max_queued_texts,
+        max_connections=max_connections,
         graceful_timeout=graceful_timeout,
         log_level=log_level,
+        sighup_pending=pending,
     )
 
 

@@ -27,7 +27,10 @@ if TYPE_CHECKING:  # pandas is imported only when a file is read
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
-_INT = re.compile(r"[+-]?\d+")
+# Integral labels in any format: 1, "1", 1.0 and "1.0" are class 1 in CSV, JSON lines and Parquet alike;
+# 1.5, "1e0", true, [1] and nulls are errors.
+_INT = re.compile(r"[+-]?\d+(?:\.0*)?")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def table_format(path: str | Path) -> tuple[str, bool]:
@@ -128,6 +131,8 @@ def _parse_json_lines(text: str, path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: malformed JSON ({exc})") from exc
         if not all(isinstance(r, dict) for r in records):
             raise DataError(f"{path}: expected a JSON array of objects")
+        for number, record in enumerate(records, start=1):
+            _check_unicode(record, f"{path}, row {number}")
         return pd.DataFrame.from_records(records)
     lines = text.rstrip("\r\n").split("\n")
     records = []
@@ -141,8 +146,18 @@ def _parse_json_lines(text: str, path: Path) -> pd.DataFrame:
         if not isinstance(record, dict):
             where = location(str(path), number, 0)
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if "\\ud" in line.lower():  # a surrogate can only come from an escape
+            _check_unicode(record, location(str(path), number, 0))
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def _check_unicode(record: dict, where: str) -> None:
+    """DataError when a JSON record holds a lone surrogate (an escape like \\ud800: not valid Unicode)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: text is not valid Unicode (a lone surrogate escape)") from None
 
 
 def _drop_trailing_blank_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -168,21 +183,35 @@ def _find_column(
 
 
 def _label_index(value: object, words: dict[str, int]) -> int | None:
-    """Map a raw label (int, int-like string or label word) to its class index, or None if impossible."""
+    """Map a raw label (integral number, integral string or label word) to its class index, or None."""
+    import numpy as np
+
+    if isinstance(value, np.generic) and np.ndim(value) == 0:  # numpy scalar (not an array)
+        value = value.item()
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         return int(value) if value.is_integer() else None
-    if hasattr(value, "item"):  # numpy scalar
-        return _label_index(value.item(), words)
     if isinstance(value, str):
         key = value.strip().lower()
         if key in words:
             return words[key]
         if _INT.fullmatch(key):
-            return int(key)
+            return int(key.split(".")[0])
+    return None  # lists, arrays, dicts: never unwrapped
+
+
+def _bad_text(text: object) -> str | None:
+    """Why `text` is not a usable text (None if it is): not a string, empty, or not valid Unicode."""
+    if not isinstance(text, str):
+        kind = "missing" if text is None or text != text else f"a {type(text).__name__}, not a string"
+        return f"text is {kind}"
+    if not text.strip():
+        return "empty text"
+    if _SURROGATE.search(text):
+        return "text is not valid Unicode (a lone surrogate)"
     return None
 
 
@@ -203,21 +232,25 @@ def table_to_split(
     allowed = f"0..{len(label_words) - 1} or {', '.join(label_words)}"
     texts: list[str] = []
     labels: list[int] = []
-    cache: dict[object, int | None] = {}
+    cache: dict[tuple, int | None] = {}
     pairs = zip(df[text_col].tolist(), df[label_col].tolist(), strict=True)
     for row, (text, raw) in enumerate(pairs, start=1):
-        if isinstance(text, (int, float)) and not isinstance(text, bool) and text == text:
-            text = str(text)
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{location(source, row, line_offset)}: empty text in column {text_col!r}")
-        key = raw if isinstance(raw, (str, int, float)) else repr(raw)
-        if key not in cache:
-            cache[key] = _label_index(raw, words)
-        label = cache[key]
+        problem = _bad_text(text)
+        if problem is not None:
+            raise DataError(f"{location(source, row, line_offset)}: {problem} in column {text_col!r}")
+        key = (type(raw), raw) if isinstance(raw, (str, int, float)) else None
+        if key is None or key not in cache:
+            label = _label_index(raw, words)
+            if key is not None:
+                cache[key] = label
+        else:
+            label = cache[key]
         if label is None or not 0 <= label < len(label_words):
+            shown = repr(raw.tolist() if hasattr(raw, "tolist") else raw)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise DataError(
-                f"{location(source, row, line_offset)}: label {raw!r} in column {label_col!r} "
-                f"is not in the label set (allowed: {allowed})"
+                f"{location(source, row, line_offset)}: label {shown} in column {label_col!r} "
+                f"is not in the label set (allowed: {allowed}; integral numbers, no lists)"
             )
         texts.append(text)
         labels.append(label)

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,26 +21,32 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import spul
 from spul.errors import SpulError
-from spul.serve.auth import token_check
-from spul.serve.batcher import BatcherClosed, DynamicBatcher
-from spul.serve.limits import BodyLimit, check_texts
+from spul.serve.auth import AuthGate, is_admin
+from spul.serve.batcher import BatcherBusy, BatcherClosed, DynamicBatcher
+from spul.serve.limits import BodyLimit, check_texts, parse_body, unprocessable
 from spul.serve.metrics import ServeMetrics
-from spul.serve.prompt import Loader, Predictor, ServedPrompt
+from spul.serve.prompt import Loader, Predictor, Refused, ServedPrompt
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures it; plain logging otherwise
 
 
 @dataclass
 class ServeConfig:
-    """Security and batching settings of one service."""
+    """Security, limits and batching settings of one service."""
 
     token: str | None  # None = no authentication (local use only)
+    admin_token: str | None = None  # None = POST /v1/admin/reload is off (SIGHUP still re-reads)
     max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 10.0
     max_texts: int = 64
     max_text_chars: int = 5_000
     max_batch: int = 32
     max_wait_ms: float = 5.0
+    max_queued_texts: int = 4096
+    return_probabilities: bool = False  # label probabilities leak the forgotten label (README)
+    docs: bool = False  # serve /openapi.json (behind the token)
     reload_on_sighup: bool = False  # needs the main thread (the CLI sets it)
+    sighup_pending: threading.Event | None = None  # a SIGHUP that came while the model loaded
 
 
 class ClassifyRequest(BaseModel):
@@ -50,20 +57,22 @@ class ClassifyRequest(BaseModel):
 
 
 class Prediction(BaseModel):
-    """One text's label (a label word, or `other`) and label-word probabilities."""
+    """One text's label (a label word, or `other`); probabilities only when the server is started with
+    --return-probabilities, and never for `other`."""
 
     label: str
-    probabilities: dict[str, float]
+    probabilities: dict[str, float] | None = None
 
 
 class PromptInfo(BaseModel):
-    """Which prompt answered: folder, fingerprint of its files, the deletion requests it covers."""
+    """Which prompt answered: its id (folder under its root), fingerprint, covered deletion requests."""
 
-    path: str
+    id: str
     fingerprint: str
     created: str | None = None
     method: str | None = None
-    base_model: str | None = None
+    kind: str | None = None
+    base_model_fingerprint: str | None = None
     requests: list[str] = []
 
 
@@ -75,10 +84,10 @@ class ClassifyResponse(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    """Reload the prompt folder in use, or switch to another one."""
+    """Re-read the prompt in use, or switch to another folder under the prompt roots."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt: str | None = Field(None, description="new prompt folder (default: reload the current one)")
+    prompt: str | None = Field(None, description="prompt folder, absolute or relative to a prompt root")
 
 
 class ReloadResponse(BaseModel):
@@ -86,6 +95,17 @@ class ReloadResponse(BaseModel):
 
     previous: PromptInfo
     current: PromptInfo
+
+
+def public(predictions: list[dict[str, Any]], probabilities: bool) -> list[dict[str, Any]]:
+    """What a response shows of each prediction: the label; probabilities if enabled and not `other`."""
+    shown = []
+    for p in predictions:
+        row = {"label": p["label"]}
+        if probabilities and p["label"] != "other" and "probabilities" in p:
+            row["probabilities"] = p["probabilities"]
+        shown.append(row)
+    return shown
 
 
 class Service:
@@ -116,6 +136,7 @@ class Service:
             self.executor,
             max_batch=self.config.max_batch,
             max_wait_ms=self.config.max_wait_ms,
+            max_queued_texts=self.config.max_queued_texts,
             on_batch=self.metrics.observe_batch,
         )
         self.batcher.start()
@@ -131,16 +152,22 @@ class Service:
             self.executor.shutdown(wait=True)
 
     async def classify(self, texts: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Predictions through the batcher (503 while shutting down)."""
+        """Predictions through the batcher (503 while shutting down or when too many texts wait)."""
         if self.batcher is None:
             raise HTTPException(503, detail="the service is not ready")
         try:
             return await self.batcher.submit(texts)
+        except BatcherBusy as err:
+            self.metrics.busy.inc()
+            raise HTTPException(503, detail=str(err), headers={"Retry-After": "1"}) from None
         except BatcherClosed as err:
             raise HTTPException(503, detail=str(err)) from None
 
     async def reload(self, path: str | None) -> dict[str, Any]:
-        """Load the new prompt completely, then swap one reference; in-flight batches keep the old one."""
+        """Load the new prompt completely, then swap one reference; in-flight batches keep the old one.
+
+        `path` None re-reads the prompt in use. Anything refused or unloadable is a 4xx with one line.
+        """
         if self.loader is None:
             raise HTTPException(501, detail="this service was started without a prompt loader")
         if self._reload_lock is None or self.executor is None:
@@ -151,24 +178,22 @@ class Service:
             try:
                 # in the model thread: it runs between two batches, never beside one
                 new = await loop.run_in_executor(self.executor, self.loader, path, previous)
-            except SpulError as err:
-                self.metrics.reloads.labels("failed").inc()
-                detail = f"reload failed, still serving the old prompt: {err}"
-                raise HTTPException(422, detail=detail) from None
             except Exception as err:
                 self.metrics.reloads.labels("failed").inc()
-                log.exception("prompt reload failed")
-                raise HTTPException(
-                    500, detail=f"reload failed, still serving the old prompt: {type(err).__name__}: {err}"
-                ) from None
+                if isinstance(err, SpulError):
+                    reason, code = str(err), 403 if isinstance(err, Refused) else 422
+                else:  # corrupt weights and the like: the details go to the log only
+                    log.exception("prompt reload failed")
+                    reason, code = f"the prompt could not be loaded ({type(err).__name__})", 422
+                raise HTTPException(code, detail=unprocessable(f"reload refused: {reason}").detail) from None
             self.current = new
             self.metrics.reloads.labels("ok").inc()
             self.metrics.set_prompt(new.info)
-            log.info("prompt reloaded: %s (%s)", new.info["path"], new.info["fingerprint"])
+            log.info("prompt reloaded: %s (%s)", new.info["id"], new.info["fingerprint"])
             return {"previous": previous.info, "current": new.info}
 
     async def reload_on_signal(self) -> None:
-        """SIGHUP: reload the current prompt folder, logging the outcome."""
+        """SIGHUP: re-read the prompt in use, logging the outcome."""
         try:
             await self.reload(None)
         except HTTPException as err:
@@ -176,7 +201,8 @@ class Service:
 
 
 class Observe:
-    """ASGI middleware counting requests by route and status code and timing them."""
+    """ASGI middleware counting requests by route and status code (`aborted`: the client left before an
+    answer) and timing them."""
 
     def __init__(self, app: ASGIApp, metrics: ServeMetrics, routes: set[str]) -> None:
         self.app, self.metrics, self.routes = app, metrics, routes
@@ -186,18 +212,33 @@ class Observe:
             await self.app(scope, receive, send)
             return
         route = scope["path"] if scope["path"] in self.routes else "other"
-        status = {"code": 500}
+        state: dict[str, Any] = {"code": None, "left": False}
         start = time.perf_counter()
+
+        async def watch() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                state["left"] = True
+            return message
 
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                state["code"] = message["status"]
             await send(message)
 
+        failed = False
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, watch, capture)
+        except asyncio.CancelledError:
+            state["left"] = True
+            raise
+        except Exception:
+            failed = True
+            raise
         finally:
-            self.metrics.requests.labels(route, str(status["code"])).inc()
+            code = state["code"]
+            label = str(code) if code is not None else ("500" if failed and not state["left"] else "aborted")
+            self.metrics.requests.labels(route, label).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
 
@@ -215,6 +256,9 @@ def create_app(
         on_signal = config.reload_on_sighup and threading.current_thread() is threading.main_thread()
         if on_signal:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload_on_signal()))
+            if config.sighup_pending is not None and config.sighup_pending.is_set():
+                log.info("a SIGHUP came while the model loaded: re-reading the prompt")
+                loop.create_task(service.reload_on_signal())
         try:
             yield
         finally:
@@ -227,9 +271,18 @@ def create_app(
         version=spul.__version__,
         description="Text classification with an unlearning soft prompt applied to every request.",
         lifespan=lifespan,
+        docs_url=None,  # the HTML docs load JavaScript from a CDN: never served
+        redoc_url=None,
+        openapi_url="/openapi.json" if config.docs else None,
     )
     app.state.service = service
-    authorized = [Depends(token_check(config.token))]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A bounded one-line 422 that never echoes the input."""
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))[:80]
+        return JSONResponse({"detail": unprocessable(f"invalid request at {where}").detail}, 422)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -243,35 +296,41 @@ def create_app(
             return JSONResponse({"ready": False}, status_code=503)
         return JSONResponse({"ready": True})
 
-    @app.get("/metrics", tags=["ops"], dependencies=authorized, response_class=Response)
+    @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus metrics (text exposition format)."""
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"requestBody": {"content": {"application/json": {"schema": schema}}}}
+
     @app.post(
         "/v1/classify",
         tags=["classify"],
-        dependencies=authorized,
         response_model=ClassifyResponse,
-        responses={401: {}, 413: {}, 422: {}, 503: {}},
+        response_model_exclude_none=True,
+        responses={401: {}, 408: {}, 413: {}, 422: {}, 503: {}},
+        openapi_extra=body_schema(ClassifyRequest),
     )
-    async def classify(body: ClassifyRequest) -> dict[str, Any]:
-        """Label and label probabilities of each text, with the unlearning prompt applied."""
-        check_texts(body.texts, config.max_texts, config.max_text_chars)
+    async def classify(request: Request) -> dict[str, Any]:
+        """The label of each text, with the unlearning prompt applied."""
+        body = parse_body(await request.body(), {"texts": "list"}, required=("texts",))
+        texts = check_texts(body["texts"] or [], config.max_texts, config.max_text_chars)
         service.metrics.in_flight.inc()
         try:
-            predictions, info = await service.classify(body.texts)
+            predictions, info = await service.classify(texts)
         except HTTPException:
             raise
-        except Exception as err:
+        except Exception:
             log.exception("prediction failed")
-            raise HTTPException(500, detail=f"prediction failed: {type(err).__name__}: {err}") from None
+            raise HTTPException(500, detail="prediction failed") from None
         finally:
             service.metrics.in_flight.dec()
-        service.metrics.texts.inc(len(body.texts))
-        return {"predictions": predictions, "prompt": info}
+        service.metrics.texts.inc(len(texts))
+        return {"predictions": public(predictions, config.return_probabilities), "prompt": info}
 
-    @app.get("/v1/prompt", tags=["classify"], dependencies=authorized, response_model=PromptInfo)
+    @app.get("/v1/prompt", tags=["classify"], response_model=PromptInfo)
     async def prompt_info() -> dict[str, Any]:
         """The prompt in use and the deletion requests it covers."""
         return service.current.info
@@ -279,15 +338,30 @@ def create_app(
     @app.post(
         "/v1/admin/reload",
         tags=["admin"],
-        dependencies=authorized,
         response_model=ReloadResponse,
-        responses={422: {"description": "the new prompt could not be loaded; the old one stays"}},
+        responses={403: {"description": "refused (or reloads off); the old prompt stays"}, 422: {}},
+        openapi_extra=body_schema(ReloadRequest),
     )
-    async def reload(body: ReloadRequest | None = None) -> dict[str, Any]:
-        """Swap in a new prompt atomically (or re-read the current folder); no request is dropped."""
-        return await service.reload(body.prompt if body else None)
+    async def reload(request: Request) -> dict[str, Any]:
+        """Admin token only: swap in a prompt under the prompt roots, or re-read the one in use."""
+        if not is_admin(request.scope, config.admin_token):  # AuthGate checked already; never rely on one
+            raise HTTPException(403, detail="this route needs the admin token")
+        body = parse_body(await request.body(), {"prompt": "str"})
+        return await service.reload(body.get("prompt"))
 
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema, with the request bodies these routes parse themselves."""
+        schema = generate()
+        bodies = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ClassifyRequest, ReloadRequest):
+            bodies.setdefault(model.__name__, model.model_json_schema())
+        return schema
+
+    app.openapi = openapi
     routes = {r.path for r in app.routes if hasattr(r, "path")}
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(Observe, metrics=service.metrics, routes=routes)  # outermost: sees the 413s too
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
+    app.add_middleware(AuthGate, token=config.token, admin_token=config.admin_token)  # before the body
+    app.add_middleware(Observe, metrics=service.metrics, routes=routes)  # outermost: sees 401s and 413s
     return app

@@ -1,20 +1,19 @@
-"""Bearer-token authentication: where the token comes from, and the check on each request."""
+"""Bearer-token authentication: the API and admin tokens, checked from the headers before the body."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import secrets
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, HTTPException
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spul.errors import SpulError
 
 TOKEN_ENV = "SPUL_API_TOKEN"
+ADMIN_TOKEN_ENV = "SPUL_ADMIN_TOKEN"
 MIN_TOKEN_CHARS = 16
 MAKE_ONE = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
@@ -56,20 +55,84 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-bearer = HTTPBearer(auto_error=False, description="the service's API token")
+def resolve_admin_token(admin_token_file: str | Path | None, api_token: str | None) -> str | None:
+    """The admin token (reloads) from --admin-token-file, else $SPUL_ADMIN_TOKEN; None = reloads off."""
+    if admin_token_file is not None:
+        path = Path(admin_token_file)
+        if not path.is_file():
+            raise SpulError(f"{path}: admin token file not found")
+        token, where = path.read_text(encoding="utf-8").strip(), str(path)
+    else:
+        token, where = os.environ.get(ADMIN_TOKEN_ENV, "").strip(), f"${ADMIN_TOKEN_ENV}"
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise SpulError(f"the admin token in {where} is too short (< {MIN_TOKEN_CHARS} chars); {MAKE_ONE}")
+    if api_token is not None and secrets.compare_digest(token.encode(), api_token.encode()):
+        raise SpulError(f"the admin token in {where} is the API token; give the admin role its own token")
+    return token
 
 
-def token_check(token: str | None) -> Callable[..., None]:
-    """A FastAPI dependency: 401 unless the request carries `Authorization: Bearer <token>`."""
-    expected = token.encode() if token is not None else None
+PUBLIC = frozenset({"/healthz", "/readyz"})
+ADMIN_PREFIX = "/v1/admin/"
+RELOAD_OFF = "prompt reload is off: start spul serve with an admin token"
 
-    def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if expected is None:
+
+class AuthGate:
+    """ASGI middleware: checks `Authorization: Bearer` from the headers alone, before any body is read.
+
+    /healthz and /readyz are open; /v1/admin/... needs the admin token (403 when reloads are off or
+    with the API token); every other path needs the API token (the admin token is accepted too).
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None, admin_token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token is not None else None
+        self.admin = admin_token.encode() if admin_token is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
             return
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if not secrets.compare_digest(given, expected):
-            raise HTTPException(
-                401, detail="missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+        given = _bearer(scope)
+        is_admin = self.admin is not None and given is not None and secrets.compare_digest(given, self.admin)
+        if scope["path"].startswith(ADMIN_PREFIX):
+            if self.admin is None:
+                await _deny(scope, receive, send, 403, RELOAD_OFF)
+            elif is_admin:
+                await self.app(scope, receive, send)
+            elif given is None:
+                await _deny(scope, receive, send, 401, "missing or invalid bearer token")
+            else:
+                await _deny(scope, receive, send, 403, "this route needs the admin token")
+            return
+        is_user = given is not None and self.token is not None and secrets.compare_digest(given, self.token)
+        if self.token is None or is_admin or is_user:
+            await self.app(scope, receive, send)
+            return
+        await _deny(scope, receive, send, 401, "missing or invalid bearer token")
 
-    return authorize
+
+def is_admin(scope: Scope, admin_token: str | None) -> bool:
+    """True when the request carries the admin token (False when there is none)."""
+    given = _bearer(scope)
+    if admin_token is None or given is None:
+        return False
+    return secrets.compare_digest(given, admin_token.encode())
+
+
+def _bearer(scope: Scope) -> bytes | None:
+    """The bearer token of the request's Authorization header, or None."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            if scheme.lower() == b"bearer" and credentials.strip():
+                return credentials.strip()
+            return None
+    return None
+
+
+async def _deny(scope: Scope, receive: Receive, send: Send, code: int, detail: str) -> None:
+    """Answer without reading the body; the connection is closed so an unread body is not parsed."""
+    headers = {"Connection": "close"} | ({"WWW-Authenticate": "Bearer"} if code == 401 else {})
+    await JSONResponse({"detail": detail}, status_code=code, headers=headers)(scope, receive, send)

@@ -16,6 +16,10 @@ class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new work."""
 
 
+class BatcherBusy(RuntimeError):
+    """Too many texts are already waiting (the service answers 503: try again later)."""
+
+
 @dataclass
 class _Job:
     texts: list[str]
@@ -35,7 +39,9 @@ class DynamicBatcher:
     """Collects requests up to `max_batch` texts or `max_wait_ms`, runs them as one model call.
 
     One request is never split across batches, so all its texts see the same prompt (the tag of its batch).
-    The model runs in `executor` (one thread), so at most one batch is in the model at a time.
+    The model runs in `executor` (one thread), so at most one batch is in the model at a time. When a batch
+    fails, each of its requests is run alone, so only the request whose texts fail gets the error.
+    At most `max_queued_texts` texts wait at a time; more are refused with `BatcherBusy`.
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class DynamicBatcher:
         *,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
+        max_queued_texts: int = 4096,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1:
@@ -54,6 +61,8 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
+        self.max_queued_texts = max_queued_texts
+        self.queued_texts = 0  # submitted and not yet answered
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -74,9 +83,15 @@ class DynamicBatcher:
         """Queue texts; returns their results and the tag of the batch that ran them."""
         if self._closed or self._task is None:
             raise BatcherClosed("the service is shutting down" if self._closed else "batcher not started")
+        if self.queued_texts + len(texts) > self.max_queued_texts:
+            raise BatcherBusy(f"the service is busy ({self.queued_texts} texts waiting); retry shortly")
         future = asyncio.get_running_loop().create_future()
+        self.queued_texts += len(texts)
         self._queue.put_nowait(_Job(list(texts), future))
-        return await future
+        try:
+            return await future
+        finally:
+            self.queued_texts -= len(texts)
 
     async def close(self) -> None:
         """Stop taking work, finish everything already queued, then stop the worker."""
@@ -123,17 +138,19 @@ class DynamicBatcher:
             await self._run(loop, [j for j in jobs if not j.future.done()])
 
     async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
-        """Run one batch and hand each job its slice of the results."""
+        """Run one batch and hand each job its slice of the results; on failure run each job alone."""
         if not jobs:
             return
         texts = [t for job in jobs for t in job.texts]
         start = loop.time()
         try:
             results, tag = await loop.run_in_executor(self.executor, self.run, texts)
-        except Exception as err:  # every waiting request gets the error, the worker goes on
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(err)
+        except Exception as err:
+            if len(jobs) > 1:  # find the request that failed; its batch-mates are answered
+                for job in jobs:
+                    await self._run(loop, [job])
+            elif not jobs[0].future.done():
+                jobs[0].future.set_exception(err)
             return
         self.stats.batches += 1
         self.stats.texts += len(texts)

@@ -15,7 +15,7 @@ class ServeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "spul_http_requests", "HTTP requests by route and status code", ["route", "code"], registry=r
+            "spul_http_requests", "HTTP requests by route and status", ["route", "code"], registry=r
         )
         self.latency = Histogram(
             "spul_http_request_seconds",
@@ -33,9 +33,10 @@ class ServeMetrics:
         )
         self.queued = Gauge("spul_queued_requests", "requests waiting for a batch", registry=r)
         self.in_flight = Gauge("spul_in_flight_requests", "classify requests being served", registry=r)
+        self.busy = Counter("spul_busy_refusals", "503s: too many texts queued", registry=r)
         self.reloads = Counter("spul_prompt_reloads", "prompt reloads by result", ["result"], registry=r)
         self.prompt = Gauge(
-            "spul_prompt_info", "the prompt in use (value 1)", ["path", "fingerprint", "requests"], registry=r
+            "spul_prompt_info", "the prompt in use (value 1)", ["id", "fingerprint", "requests"], registry=r
         )
 
     def observe_batch(self, size: int, seconds: float) -> None:
@@ -46,7 +47,7 @@ class ServeMetrics:
     def set_prompt(self, info: dict) -> None:
         """Expose the prompt now in use (the previous label set is removed)."""
         self.prompt.clear()
-        self.prompt.labels(info["path"], info["fingerprint"], ",".join(info.get("requests", []))).set(1)
+        self.prompt.labels(info["id"], info["fingerprint"], ",".join(info.get("requests", []))).set(1)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
