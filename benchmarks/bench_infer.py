@@ -66,11 +66,9 @@ def main() -> None:
     texts, labels = bench_texts(max(args.rows, args.queries), args.data_dir)
     prefixes = {"unprompted": None, "prompted": lambda: states, "prompted_concat": lambda: embeds}
 
-    def run(prefix_fn, rows: list[str], batch_size: int) -> None:
+    def run(prefix_fn, rows: list[str], batch_size: int, share: bool = True) -> None:
         score(lm, encoder, verbalizer, rows, [0] * len(rows), batch_size=batch_size, prefix_fn=prefix_fn,
-              show_progress=False)  # fmt: skip
-
-    import spul.engine as engine
+              show_progress=False, share_prefix=share)  # fmt: skip
 
     latencies: dict[str, list[float]] = {name: [] for name in prefixes}
     batched: dict[str, list[float]] = {name: [] for name in prefixes}
@@ -78,16 +76,14 @@ def main() -> None:
         run(fn, texts[:4], 4)
     for _ in range(args.rounds):
         for name, fn in prefixes.items():
-            # the concatenating baseline must not use shared prompt states
-            engine.SHARE_PREFIX = name != "prompted_concat"
+            share = name != "prompted_concat"  # the concatenating baseline must not use shared prompt states
             for text in texts[: args.queries]:
                 start = time.perf_counter()
-                run(fn, [text], 1)
+                run(fn, [text], 1, share)
                 latencies[name].append(time.perf_counter() - start)
             start = time.perf_counter()
-            run(fn, texts[: args.rows], args.batch_size)
+            run(fn, texts[: args.rows], args.batch_size, share)
             batched[name].append(args.rows / (time.perf_counter() - start))
-    engine.SHARE_PREFIX = True
 
     result = {
         "benchmark": "infer",

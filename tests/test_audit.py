@@ -12,7 +12,6 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from typer.testing import CliRunner
 
-from spul import engine
 from spul.audit import report as audit_report
 from spul.audit.members import membership_check
 from spul.audit.mia import (
@@ -156,7 +155,7 @@ def test_sequence_stats_match_a_plain_forward_pass(tiny_lm, with_prefix):
         )
 
 
-def test_sequence_stats_same_with_shared_or_concatenated_prompt(tiny_lm, monkeypatch):
+def test_sequence_stats_same_with_shared_or_concatenated_prompt(tiny_lm):
     torch.manual_seed(3)
     prefix = torch.randn(3, tiny_lm.model.config.hidden_size)
     template = Template()
@@ -169,8 +168,9 @@ def test_sequence_stats_same_with_shared_or_concatenated_prompt(tiny_lm, monkeyp
         LABELS,
     )
     shared = sequence_stats(*args, prefix_fn=lambda: prefix, show_progress=False)
-    monkeypatch.setattr(engine, "SHARE_PREFIX", False)
-    plain = sequence_stats(*args, prefix_fn=lambda: prefix, show_progress=False, batch_size=1)
+    plain = sequence_stats(
+        *args, prefix_fn=lambda: prefix, show_progress=False, batch_size=1, share_prefix=False
+    )
     for a, b in zip(shared, plain, strict=True):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
         assert a.generic_logprob == pytest.approx(b.generic_logprob, abs=1e-4)

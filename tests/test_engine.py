@@ -114,7 +114,7 @@ def test_encoder_truncates_text_but_keeps_question(tiny_lm):
     assert tiny_lm.tokenizer.decode(ids).endswith("### Sentiment:")
 
 
-def test_shared_prefix_states_equal_concatenated_prompt(tiny_lm, monkeypatch):
+def test_shared_prefix_states_equal_concatenated_prompt(tiny_lm):
     """Prompt key/value states computed once per batch give the logits and gradients of concatenation."""
     import spul.engine as engine
 
@@ -123,17 +123,16 @@ def test_shared_prefix_states_equal_concatenated_prompt(tiny_lm, monkeypatch):
     batch = encoder.batch(encoder.encode(TEXTS), [(5, 6)] * len(TEXTS), list(range(len(TEXTS))))
     results = []
     for share in (True, False):
-        monkeypatch.setattr(engine, "SHARE_PREFIX", share)
         prefix = torch.randn(6, tiny_lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
         prefix.requires_grad_(True)
-        logits = engine.answer_logits(tiny_lm.model, batch, prefix)
+        logits = engine.answer_logits(tiny_lm.model, batch, prefix, share_prefix=share)
         logits.logsumexp(-1).sum().backward()
         results.append((logits.detach(), prefix.grad))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
 
 
-def test_prompt_states_built_once_serve_every_call(tiny_lm, monkeypatch):
+def test_prompt_states_built_once_serve_every_call(tiny_lm):
     """Inference reuses one precomputed prompt cache: each call equals concatenating the prompt anew."""
     import spul.engine as engine
 
@@ -152,8 +151,16 @@ def test_prompt_states_built_once_serve_every_call(tiny_lm, monkeypatch):
         for i in (0, 1, 0)
     ]
     assert all(torch.equal(a, b) for a, b in zip(kept, states.keys, strict=True))  # never written to
-    monkeypatch.setattr(engine, "SHARE_PREFIX", False)
-    plain = score(tiny_lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False, prefix_fn=lambda: prefix)
+    plain = score(
+        tiny_lm,
+        encoder,
+        verbalizer,
+        TEXTS,
+        LABELS,
+        show_progress=False,
+        prefix_fn=lambda: prefix,
+        share_prefix=False,
+    )
     np.testing.assert_allclose(calls[0].logprobs, plain.logprobs, atol=1e-5)
     np.testing.assert_allclose(calls[1].logprobs, plain.logprobs[1:], atol=1e-5)
     np.testing.assert_array_equal(calls[0].logprobs, calls[2].logprobs)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from spul.errors import SpulError
 from spul.models import LoadedModel
 from spul.progress import progress_bar
 from spul.prompting import Batch, Encoder, Verbalizer, length_sorted_batches
@@ -57,50 +58,135 @@ def prefix_kv(model: PreTrainedModel, prefix: torch.Tensor) -> PrefixKV | None:
     kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     cache = _returned_cache(model(inputs_embeds=embeds, use_cache=True, **kwargs))
     layers = getattr(cache, "layers", None)
-    if not SHARE_PREFIX or layers is None or not all(hasattr(x, "keys") for x in layers):
+    if layers is None or not all(hasattr(x, "keys") for x in layers):
         return None
+    if any(x.keys is None or x.keys.shape[-2] != prefix.shape[0] for x in layers):
+        return None  # a sliding-window layer kept only part of a prompt longer than its window
     return PrefixKV([x.keys for x in layers], [x.values for x in layers], prefix.shape[0])
 
 
-SHARE_PREFIX = True  # tests switch it off to compare with the plain concatenation
+def shared_prefix(
+    lm: LoadedModel, prefix_fn: PrefixFn | None, *, share_prefix: bool = True
+) -> torch.Tensor | PrefixKV | None:
+    """The soft prompt of `prefix_fn`, as key/value states computed once (when `share_prefix` and the
+    model allow) for a whole scoring call, else as embeddings; None without a prompt."""
+    if prefix_fn is None:
+        return None
+    with lm.autocast():
+        prefix = prefix_fn()
+        if isinstance(prefix, torch.Tensor) and share_prefix:
+            prefix = prefix_kv(lm.model, prefix) or prefix
+    return prefix
 
 
-def answer_logits(
-    model: PreTrainedModel, batch: Batch, prefix: torch.Tensor | PrefixKV | None = None
-) -> torch.Tensor:
-    """Logits [B, L, vocab] at the last L positions of a left-padded batch, optionally after a soft prompt.
+def _sliding_window(model: PreTrainedModel) -> tuple[int | None, list[str] | None]:
+    """The model's sliding window and per-layer attention types; (None, _) where no layer slides."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None or (types is not None and "sliding_attention" not in types):
+        return None, None
+    return int(window), list(types) if types is not None else None
+
+
+def _position_masks(model: PreTrainedModel, mask: torch.Tensor, query_length: int):
+    """Explicit attention masks for a sliding-window model whose rows are [prompt][pad][tokens].
+
+    HF measures the window over cache slots, so the padding between the prompt and the text would push
+    the prompt out of the window sooner than in the row alone. Here keys are allowed by position ids:
+    valid, not after the query and (in sliding layers) fewer than `window` positions before it, which is
+    exactly the row's unpadded attention. None for models without sliding layers (the plain fast path).
+    """
+    window, types = _sliding_window(model)
+    if window is None:
+        return None
+    if model.config._attn_implementation not in ("sdpa", "eager"):
+        raise SpulError(
+            "a soft prompt on a sliding-window model needs attn_implementation 'sdpa' or 'eager', "
+            f"not {model.config._attn_implementation!r}"
+        )
+    positions = mask.cumsum(-1) - 1
+    keys, queries = positions[:, None, :], positions[:, -query_length:, None]
+    causal = mask.bool()[:, None, :] & (keys <= queries)  # [B, Q, K]
+    sliding = causal & (queries - keys < window)
+
+    def as_mask(allowed: torch.Tensor) -> torch.Tensor:
+        if model.config._attn_implementation == "sdpa":
+            return allowed[:, None]
+        dtype = model.get_input_embeddings().weight.dtype
+        zeros = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+    if types is None or set(types) == {"sliding_attention"}:
+        return as_mask(sliding)
+    return {"sliding_attention": as_mask(sliding), "full_attention": as_mask(causal)}
+
+
+def prompted_forward(
+    model: PreTrainedModel,
+    batch: Batch,
+    prefix: torch.Tensor | PrefixKV | None = None,
+    *,
+    share_prefix: bool = True,
+    logits_to_keep: int = 1,
+    **model_kwargs,
+):
+    """The model's output on a left-padded batch, optionally after a soft prompt (`answer_logits`'s pass).
 
     The soft prompt goes in front of the padding ([prompt][pad..][tokens]); the padding is masked and the
-    position ids skip it, so every text sees the same prompt right before it. A prompt given as embeddings
-    is turned into shared key/value states (`PrefixKV`) when the model allows, else concatenated.
+    position ids skip it, so every text sees the same prompt right before it (sliding-window models get
+    explicit masks over position ids). A prompt given as embeddings is turned into shared key/value states
+    (`PrefixKV`) when `share_prefix` and the model allow, else concatenated. Only the last
+    `logits_to_keep` positions get logits where the model supports it.
     """
-    answer_width = batch.targets.shape[1]
-    kwargs = {"logits_to_keep": answer_width} if _takes_logits_to_keep(model) else {}
-    if isinstance(prefix, torch.Tensor) and SHARE_PREFIX:
+    kwargs = dict(model_kwargs)
+    if _takes_logits_to_keep(model):
+        kwargs["logits_to_keep"] = logits_to_keep
+    if isinstance(prefix, torch.Tensor) and share_prefix:
         prefix = prefix_kv(model, prefix) or prefix
     mask = batch.attention_mask
+    width = mask.shape[1]
     if isinstance(prefix, PrefixKV):
         mask = torch.cat([mask.new_ones(mask.shape[0], prefix.length), mask], dim=1)
         position_ids = (mask.cumsum(-1) - 1)[:, prefix.length :]
         kwargs[_cache_argument(model)] = prefix.expand(model, mask.shape[0])
-        out = model(
+        masks = _position_masks(model, mask, width)
+        return model(
             input_ids=batch.input_ids,
-            attention_mask=mask,
+            attention_mask=mask if masks is None else masks,
             position_ids=position_ids,
             use_cache=True,
             **kwargs,
         )
-        return out.logits[:, -answer_width:].float()
     embeds = model.get_input_embeddings()(batch.input_ids)
+    masks = None
     if prefix is not None:
         if prefix.dim() == 2:
             prefix = prefix.unsqueeze(0).expand(embeds.shape[0], -1, -1)
         embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
         mask = torch.cat([mask.new_ones(mask.shape[0], prefix.shape[1]), mask], dim=1)
+        masks = _position_masks(model, mask, mask.shape[1])
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
+    return model(
+        inputs_embeds=embeds,
+        attention_mask=mask if masks is None else masks,
+        position_ids=position_ids,
+        use_cache=False,
+        **kwargs,
     )
+
+
+def answer_logits(
+    model: PreTrainedModel,
+    batch: Batch,
+    prefix: torch.Tensor | PrefixKV | None = None,
+    *,
+    share_prefix: bool = True,
+) -> torch.Tensor:
+    """Logits [B, L, vocab] at the last L positions of a left-padded batch, optionally after a soft prompt
+    (see `prompted_forward`)."""
+    answer_width = batch.targets.shape[1]
+    out = prompted_forward(model, batch, prefix, share_prefix=share_prefix, logits_to_keep=answer_width)
     return out.logits[:, -answer_width:].float()
 
 
@@ -133,21 +219,20 @@ def score(
     prefix_fn: PrefixFn | None = None,
     description: str = "scoring",
     show_progress: bool = True,
+    share_prefix: bool = True,
 ) -> Scores:
-    """Score texts: greedy answer as a label word, each label word's log-prob, the true label's loss."""
+    """Score texts: greedy answer as a label word, each label word's log-prob, the true label's loss.
+
+    `share_prefix=False` concatenates the prompt's embeddings to every batch instead of sharing its
+    key/value states (the same results; for comparisons and benchmarks)."""
     n, k = len(texts), len(verbalizer)
     predicted = np.full(n, OTHER, dtype=np.int64)
     logprobs = np.zeros((n, k), dtype=np.float64)
     if n == 0:
         return Scores(predicted, logprobs, np.zeros(0))
     prompts = encoder.encode(texts)
-    prefix = None
-    if prefix_fn is not None:
-        with lm.autocast():
-            prefix = prefix_fn()
-            if isinstance(prefix, torch.Tensor) and SHARE_PREFIX:
-                # the prompt is the same for every batch: its key/value states are computed once per call
-                prefix = prefix_kv(lm.model, prefix) or prefix
+    # the prompt is the same for every batch: its key/value states are computed once per call
+    prefix = shared_prefix(lm, prefix_fn, share_prefix=share_prefix)
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
     with progress_bar(description, total=n, enabled=show_progress) as advance:
         for index in batches:
@@ -164,7 +249,7 @@ def score(
 def _score_single(lm, encoder, verbalizer, prompts, index, prefix, predicted, logprobs) -> None:
     batch = encoder.batch(prompts, [verbalizer.token_ids[0]] * len(prompts), index).to(lm.device)
     with lm.autocast():
-        logits = answer_logits(lm.model, batch, prefix)[:, -1]
+        logits = answer_logits(lm.model, batch, prefix, share_prefix=False)[:, -1]
     word_ids = torch.tensor([t[0] for t in verbalizer.token_ids], device=logits.device)
     logprobs[index] = torch.log_softmax(logits, -1)[:, word_ids].double().cpu().numpy()
     top = logits.argmax(-1)
@@ -179,7 +264,7 @@ def _score_multi(lm, encoder, verbalizer, prompts, index, prefix, predicted, log
     for k, word in enumerate(verbalizer.token_ids):
         batch = encoder.batch(prompts, [word] * len(prompts), index).to(lm.device)
         with lm.autocast():
-            logits = answer_logits(lm.model, batch, prefix)
+            logits = answer_logits(lm.model, batch, prefix, share_prefix=False)
         logprobs[index, k] = sequence_logprob(logits, batch.targets).double().cpu().numpy()
         match = (logits.argmax(-1) == batch.targets).all(-1).cpu().numpy()
         longer = match & (len(word) > best_len)  # if one word prefixes another, the longer match wins

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from spul import engine
 from spul.audit.mia import TokenStats
-from spul.engine import PrefixFn, answer_logits, prefix_kv
+from spul.engine import PrefixFn, answer_logits, shared_prefix
 from spul.models import LoadedModel
 from spul.progress import progress_bar
 from spul.prompting import Encoder, Verbalizer, length_sorted_batches
@@ -39,18 +38,14 @@ def sequence_stats(
     batch_size: int = 16,
     description: str = "token log-probs",
     show_progress: bool = True,
+    share_prefix: bool = True,
 ) -> list[TokenStats]:
     """Token statistics of `template(text) + label word` for each text; every token after the first is
     scored (the same tokens with and without the soft prompt, which goes in front as at prediction)."""
     prompts = encoder.encode(texts)
     seqs = [p + list(verbalizer.token_ids[y]) for p, y in zip(prompts, labels, strict=True)]
     generic_first = torch.tensor(sorted({w[0] for w in generic.token_ids}))
-    prefix = None
-    if prefix_fn is not None:
-        with lm.autocast():
-            prefix = prefix_fn()
-            if isinstance(prefix, torch.Tensor) and engine.SHARE_PREFIX:
-                prefix = prefix_kv(lm.model, prefix) or prefix  # computed once, shared by every batch
+    prefix = shared_prefix(lm, prefix_fn, share_prefix=share_prefix)  # computed once, shared by every batch
     label_prefix = encoder.template.label_prefix
     out: list[TokenStats | None] = [None] * len(texts)
     with progress_bar(description, total=len(texts), enabled=show_progress) as advance:
@@ -59,7 +54,7 @@ def sequence_stats(
             batch = encoder.batch([seqs[i][:1] for i in index], [seqs[i][1:] for i in index], index)
             batch = batch.to(lm.device)
             with lm.autocast():
-                logits = answer_logits(lm.model, batch, prefix)
+                logits = answer_logits(lm.model, batch, prefix, share_prefix=False)
             for start in range(0, len(index), ROW_CHUNK):
                 rows = slice(start, start + ROW_CHUNK)
                 targets = batch.targets[rows]

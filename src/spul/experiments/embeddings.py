@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from spul.data.splits import UnlearningData
+from spul.engine import prompted_forward
 from spul.models import LoadedModel
 from spul.prompting import Encoder, Template, length_sorted_batches
 
@@ -55,33 +55,17 @@ def last_hidden_states(
 ) -> np.ndarray:
     """[N, hidden] final-layer states at the last prompt position (where the label word is predicted).
 
-    `prefix` ([p, hidden] soft-prompt embeddings) is prepended the way the engine does it: in front of
-    the left padding, padding masked, position ids continuing after the prompt. `encoder` replaces the
+    `prefix` ([p, hidden] soft-prompt embeddings) is applied by the engine's `prompted_forward`, as at
+    prediction. `encoder` replaces the
     template encoding (in-context artifacts put demonstrations before each text).
     """
     encoder = encoder or Encoder(lm.tokenizer, template or Template(), max_length)
     prompts = encoder.encode(texts)
     out = np.zeros((len(texts), lm.model.config.hidden_size), dtype=np.float32)
-    embed = lm.model.get_input_embeddings()
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
     for index in length_sorted_batches([len(p) for p in prompts], batch_size):
         batch = encoder.batch([prompts[i] for i in index], [(0,)] * len(index), index).to(lm.device)
         with lm.autocast():
-            embeds = embed(batch.input_ids)
-            mask = batch.attention_mask
-            if prefix is not None:
-                rows = prefix.to(embeds.dtype).unsqueeze(0).expand(len(index), -1, -1)
-                embeds = torch.cat([rows, embeds], 1)
-                mask = torch.cat([mask.new_ones(len(index), prefix.shape[0]), mask], 1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            result = lm.model(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions,
-                output_hidden_states=True,
-                use_cache=False,
-                **keep,
-            )
+            result = prompted_forward(lm.model, batch, prefix, output_hidden_states=True)
         out[index] = result.hidden_states[-1][:, -1].float().cpu().numpy()
     return out
 
