@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
@@ -11,10 +12,19 @@ from peft import PeftModel, PromptEncoderConfig, PromptTuningConfig, TaskType, g
 from spul.engine import PrefixFn, answer_logits
 from spul.errors import SpulError
 from spul.methods.base import Method, TrainBatch, TrainItem, register
-from spul.methods.losses import answer_kl, answer_nll, masked_mean
+from spul.methods.losses import (
+    answer_kl,
+    answer_kl_topk,
+    answer_nll,
+    generic_set_nll,
+    masked_mean,
+    topk_reference,
+)
 from spul.prompting import Batch
 
 PROMPT_TYPES = ("ptuning", "prompt-tuning")
+FORGET_LOSSES = ("set", "random")  # -log sum_g p(g), or CE of one generic word drawn per row (paper)
+KL_REFERENCES = ("cached", "recompute")
 
 
 def prompt_config(prompt_type: str, num_virtual_tokens: int, encoder_hidden: int, token_dim: int):
@@ -103,9 +113,34 @@ class Spul(SoftPromptMethod):
 
     name = "spul"
 
-    def __init__(self, lm, encoder, verbalizer, generic, *, alpha=1.0, beta=0.5, **options):
-        super().__init__(lm, encoder, verbalizer, generic, alpha=alpha, beta=beta, **options)
+    def __init__(
+        self,
+        lm,
+        encoder,
+        verbalizer,
+        generic,
+        *,
+        alpha=1.0,
+        beta=0.5,
+        forget_loss="random",
+        kl_reference="recompute",
+        kl_top_k=None,
+        **options,
+    ):
+        if forget_loss not in FORGET_LOSSES:
+            raise SpulError(f"forget_loss {forget_loss!r}: choose one of {', '.join(FORGET_LOSSES)}")
+        if kl_reference not in KL_REFERENCES:
+            raise SpulError(f"kl_reference {kl_reference!r}: choose one of {', '.join(KL_REFERENCES)}")
+        extra = {}  # recorded only when not the paper's setting: older manifests stay as they were
+        if forget_loss != "random":
+            extra["forget_loss"] = forget_loss
+        if kl_reference != "recompute":
+            extra |= {"kl_reference": kl_reference, "kl_top_k": kl_top_k}
+        super().__init__(lm, encoder, verbalizer, generic, alpha=alpha, beta=beta, **extra, **options)
         self.alpha, self.beta = alpha, beta
+        self.forget_loss, self.kl_reference, self.kl_top_k = forget_loss, kl_reference, kl_top_k
+        self.generic_first = torch.tensor(sorted({w[0] for w in generic.token_ids}))
+        self._reference: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row -> top-k log q, ids
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label."""
@@ -121,17 +156,17 @@ class Spul(SoftPromptMethod):
         """The three SPUL terms; each averaged over the forget or retain rows of the batch."""
         forget, retain = batch.is_forget, ~batch.is_forget
         logits = self.logits(batch.batch)
-        nll = answer_nll(logits, batch.batch.targets)
-        loss_f = masked_mean(nll, forget)
+        targets = batch.batch.targets
+        nll = answer_nll(logits, targets)
+        if self.forget_loss == "set" and forget.any():
+            forget_nll = generic_set_nll(logits[forget], targets[forget], self.generic_first)
+            loss_f = forget_nll.mean()
+        else:
+            loss_f = masked_mean(nll, forget)
         loss_r = masked_mean(nll, retain)
         loss_kl = logits.sum() * 0.0
         if self.beta > 0 and retain.any():
-            # The frozen model's own unprompted distribution, recomputed here with no grad: no second
-            # copy of the model, and only a [retain rows, answer length, vocab] tensor at a time.
-            ref_batch = batch.batch.select(retain)
-            with torch.no_grad():
-                ref = self.logits(ref_batch, prompted=False)
-            loss_kl = answer_kl(logits[retain], ref, ref_batch.targets).mean()
+            loss_kl = self._kl(logits[retain], batch.batch.select(retain)).mean()
         total = loss_f + self.alpha * loss_r + self.beta * loss_kl
         return total, {
             "loss": total.item(),
@@ -139,6 +174,30 @@ class Spul(SoftPromptMethod):
             "L_r": loss_r.item(),
             "L_kl": loss_kl.item(),
         }
+
+    def _kl(self, logits: torch.Tensor, ref_batch) -> torch.Tensor:
+        """KL(prompted || unprompted) at the answer positions of the retain rows."""
+        if self.kl_reference == "recompute":
+            # The frozen model's own unprompted distribution, recomputed here with no grad: no second
+            # copy of the model, and only a [retain rows, answer length, vocab] tensor at a time.
+            with torch.no_grad():
+                ref = self.logits(ref_batch, prompted=False)
+            return answer_kl(logits, ref, ref_batch.targets)
+        # Cached: the unprompted model never changes, so each retain row's reference is computed the
+        # first time the row is seen and kept (top-k log-probs + tail mass, or exact with k None).
+        missing = [i for i, row in enumerate(ref_batch.index) if row not in self._reference]
+        if missing:
+            wanted = torch.zeros(len(ref_batch.index), dtype=torch.bool)
+            wanted[missing] = True
+            sub = ref_batch.select(wanted.to(ref_batch.input_ids.device))
+            with torch.no_grad():
+                values, ids = topk_reference(self.logits(sub, prompted=False), self.kl_top_k)
+            for j, row in enumerate(sub.index):
+                self._reference[row] = (values[j].cpu(), None if ids is None else ids[j].cpu())
+        refs = [self._reference[row] for row in ref_batch.index]
+        ref_logq = torch.stack([r[0] for r in refs]).to(logits.device)
+        ref_ids = None if refs[0][1] is None else torch.stack([r[1] for r in refs]).to(logits.device)
+        return answer_kl_topk(logits, ref_logq, ref_ids, ref_batch.targets)
 
 
 def load_prompt_encoder(lm, folder: Path) -> PeftModel:
@@ -180,3 +239,41 @@ def saved_prompt(lm, folder: str | Path, prompt_type: str, num_virtual_tokens: i
             f"--init-prompt {folder} has {embeddings.shape[0]} virtual tokens: pass --p {embeddings.shape[0]}"
         )
     return embeddings.float()
+
+
+# Named SPUL recipes: method options and training settings. "paper" is the paper's reference setting
+# (Bhaila et al. 2024: P-tuning p 30, lr 1e-4, clip 0.3, batch 32, AdamW + cosine, a random generic word,
+# a KL reference, 10 epochs); "fast" is spul's default, chosen by benchmarks/bench_forgetting.py.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "method": {"prompt_type": "ptuning", "num_virtual_tokens": 30, "alpha": 1.0, "beta": 0.5},
+        "training": {"lr": 1e-4, "max_grad_norm": 0.3, "batch_size": 32, "epochs": 10},
+    },
+    "fast": {
+        "method": {
+            "prompt_type": "ptuning",
+            "num_virtual_tokens": 30,
+            "alpha": 1.0,
+            "beta": 0.5,
+            "forget_loss": "set",
+            "kl_reference": "cached",
+        },
+        "training": {"lr": 2e-3, "max_grad_norm": 1.0, "batch_size": 16, "epochs": 10, "forget_share": 0.5},
+    },
+}
+
+
+def recipe_settings(name: str, overrides: dict[str, Any] | None = None, seed: int = 0):
+    """A recipe's method options and TrainConfig, with `overrides` (method options or training fields)."""
+    from dataclasses import fields
+
+    from spul.training import TrainConfig
+
+    if name not in RECIPES:
+        raise SpulError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    method, training = dict(recipe["method"]), dict(recipe["training"]) | {"seed": seed}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    for key, value in (overrides or {}).items():
+        (training if key in train_fields else method)[key] = value
+    return method, TrainConfig(**training)
