@@ -141,3 +141,22 @@ def test_spul_stops_at_the_target_and_cached_kl_matches_recompute(tiny_lm, toy, 
     )
     assert calls == [2, 4] and manifest["steps"] == 4 and manifest["stopped_at"] == 4
     assert manifest["hyperparameters"]["method"]["forget_loss"] == "set"
+
+
+def test_label_only_metrics_see_through_generic_answers():
+    import numpy as np
+
+    from spul.metrics import format_table, split_metrics
+
+    labels = [0, 1, 0, 1]
+    predicted = [-1, -1, -1, 1]  # three generic answers: ACC 25 %
+    logprobs = np.log(np.array([[0.6, 0.1], [0.2, 0.5], [0.3, 0.2], [0.1, 0.8]]))
+    m = split_metrics(labels, predicted, 2, logprobs)
+    assert m["acc"] == 25.0
+    assert m["label_acc"] == 100.0  # the label words still rank the true label first everywhere
+    assert m["margin_auc"] == 1.0
+    flipped = split_metrics(labels, predicted, 2, logprobs[:, ::-1])
+    assert flipped["label_acc"] == 0.0 and flipped["margin_auc"] == 0.0
+    assert split_metrics([1, 1], [1, 1], 2, logprobs[:2])["margin_auc"] is None  # one class only
+    text = format_table({"SPUL": {"train_forget": m}})
+    assert "Label-only ACC" in text and "100.00 / 1.000" in text
