@@ -44,7 +44,7 @@ def evaluate(
             description=name,
             show_progress=show_progress,
         )
-        table[name] = split_metrics(split.labels, scores.predicted, len(verbalizer))
+        table[name] = split_metrics(split.labels, scores.predicted, len(verbalizer), scores.logprobs)
     return table
 
 

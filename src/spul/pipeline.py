@@ -5,6 +5,7 @@ Loading a saved artifact is `spul.unlearned.load_unlearned` (re-exported here wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,15 @@ def train_artifact(
     show_progress: bool = True,
     selection: dict[str, Any] | None = None,
     extra_manifest: dict[str, Any] | None = None,
+    monitor: Callable[[Any], Callable[[int], bool]] | None = None,
 ) -> dict[str, Any]:
     """Train a method on train_retain + train_forget, evaluate, and save the artifact folder atomically.
 
     `method_options` is the method's config (`spul.methods.resolve_options`) or a dict of its options.
     `selection` records how the training rows were chosen (data spec, limit, tau, seed), so that a later
     evaluation can score the train splits on the rows actually trained on. `extra_manifest` adds keys to
-    spul.json (e.g. `requests`: the deletion requests the artifact covers).
+    spul.json (e.g. `requests`: the deletion requests the artifact covers). `monitor(method)` makes the
+    callback that `train` calls every `config.monitor_every` steps to stop at a target.
     """
     out = Path(out)
     template = template or Template()
@@ -93,6 +96,7 @@ def train_artifact(
         resume=resume,
         evaluate_fn=run_eval if eval_each_epoch else None,
         show_progress=show_progress,
+        monitor=monitor(method) if monitor is not None else None,
     )
     metrics = run_eval()
     manifest = {
@@ -113,6 +117,7 @@ def train_artifact(
         "trainable_parameters": trainable_parameters(method.trainable()),
         "training_time_s": round(result.wall_time_s, 2),
         "steps": result.steps,
+        "stopped_at": result.stopped_at,
         "best_epoch": result.best_epoch,
         "epoch_evals": result.epoch_evals,
         "history": result.history,

@@ -35,6 +35,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100  # optimizer steps between checkpoints
     log_every: int = 10
+    # Balanced batches: this share of every batch is forget rows (an epoch = one pass over the forget
+    # rows; retain rows are drawn in turn from reshuffled passes over all of them). None: uniform batches.
+    forget_share: float | None = None
+    # Steps between calls of the `monitor` given to `train` (which may stop the run); 0 = never.
+    monitor_every: int = 0
 
 
 @dataclass
@@ -46,6 +51,7 @@ class TrainResult:
     best_epoch: int | None = None
     wall_time_s: float = 0.0
     steps: int = 0
+    stopped_at: int | None = None  # the step where `monitor` ended the run early
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -72,6 +78,56 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The shuffled order of one epoch, a pure function of (seed, epoch) so resuming replays it."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
+
+
+class BatchPlan:
+    """Which item rows make up the batch of each optimizer step: a pure function of the step.
+
+    Uniform: each epoch is a shuffled pass over all items. Balanced (`forget_share`): every batch holds
+    `round(share * batch_size)` forget rows (an epoch is one pass over them) and retain rows for the rest,
+    taken in turn from shuffled passes over all retain rows, so a large retain split costs nothing extra.
+    """
+
+    def __init__(self, items: list[TrainItem], config: TrainConfig):
+        self.config = config
+        self.forget = [i for i, it in enumerate(items) if it.is_forget]
+        self.retain = [i for i, it in enumerate(items) if not it.is_forget]
+        self.n = len(items)
+        share = config.forget_share
+        if share is not None and not 0 < share < 1:
+            raise SpulError(f"forget_share {share}: expected a fraction between 0 and 1")
+        self.balanced = share is not None and bool(self.forget) and bool(self.retain)
+        if self.balanced:
+            self.n_forget = min(config.batch_size - 1, max(1, round(share * config.batch_size)))
+            self.n_retain = config.batch_size - self.n_forget
+            self.steps_per_epoch = math.ceil(len(self.forget) / self.n_forget)
+        else:
+            self.steps_per_epoch = math.ceil(self.n / config.batch_size)
+        self._orders: dict[str, tuple[int, list[int]]] = {}
+
+    def _order(self, what: str, rows: list[int], k: int) -> list[int]:
+        """Pass `k` over `rows`, shuffled (only the latest pass of each kind is kept)."""
+        if self._orders.get(what, (None,))[0] != k:
+            salt = {"all": 0, "forget": 1, "retain": 2}[what]  # "all" keeps the uniform order of old runs
+            order = epoch_order(len(rows), self.config.seed + 7919 * salt, k)
+            self._orders[what] = (k, [rows[i] for i in order])
+        return self._orders[what][1]
+
+    def rows(self, step: int) -> list[int]:
+        """The item indices of the batch at `step` (0-based)."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        size = self.config.batch_size
+        if not self.balanced:
+            order = self._order("all", list(range(self.n)), epoch)
+            return order[offset * size : (offset + 1) * size]
+        n_forget = self.n_forget
+        forget = self._order("forget", self.forget, epoch)[offset * n_forget : (offset + 1) * n_forget]
+        retain = []
+        start = step * self.n_retain
+        for k in range(start, start + self.n_retain):
+            passes, pos = divmod(k, len(self.retain))
+            retain.append(self._order("retain", self.retain, passes)[pos])
+        return forget + retain
 
 
 def run_fingerprint(config: TrainConfig, method: Method, items: list[TrainItem]) -> str:
@@ -131,11 +187,14 @@ def train(
     evaluate_fn: Callable[[], dict[str, dict[str, float]]] | None = None,
     show_progress: bool = True,
     stop_after_steps: int | None = None,
+    monitor: Callable[[int], bool] | None = None,
 ) -> TrainResult:
     """Train the method's module on the items; resumable from `checkpoint` with `resume=True`.
 
     With `evaluate_fn`, the model is evaluated after each epoch and the best epoch's weights are kept.
-    `stop_after_steps` simulates an interruption (tests).
+    `monitor(step)` is called every `config.monitor_every` steps (module in eval mode); when it returns
+    True training ends there (e.g. the unlearning target is reached). `stop_after_steps` simulates an
+    interruption (tests).
     """
     module = method.trainable()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -145,7 +204,8 @@ def train(
     method.prepare(items)
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    steps_per_epoch = math.ceil(len(items) / config.batch_size)
+    plan = BatchPlan(items, config)
+    steps_per_epoch = plan.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(
@@ -192,9 +252,7 @@ def train(
     with _StopFlag() as stop, progress_bar(method.name, total=total_steps, enabled=show_progress) as advance:
         advance(step)
         while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            order = epoch_order(len(items), config.seed, epoch)
-            chosen = order[offset * config.batch_size : (offset + 1) * config.batch_size][rank::world]
+            chosen = plan.rows(step)[rank::world]
             loss, terms = method.loss(collate([items[i] for i in chosen], method, chosen))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -225,6 +283,15 @@ def train(
             result.steps = step
             if step % config.checkpoint_every == 0 or step == total_steps:
                 save(step)
+            if monitor is not None and config.monitor_every and step % config.monitor_every == 0:
+                module.eval()
+                reached = monitor(step)
+                module.train()
+                if reached:
+                    result.stopped_at = step
+                    result.wall_time_s = time.perf_counter() - start
+                    save(step)
+                    break
             if stop.requested or (stop_after_steps is not None and step >= stop_after_steps):
                 save(step)
                 where = f" ({checkpoint})" if checkpoint else ""

@@ -247,8 +247,15 @@ def unlearn_cmd(
         float | None,
         typer.Option(help="peak learning rate [default: 1e-4; full fine-tuning baselines 1e-5]"),
     ] = None,
-    batch_size: BatchOpt = 32,
-    max_grad_norm: Annotated[float, typer.Option(help="gradient clipping norm")] = 0.3,
+    batch_size: Annotated[int | None, typer.Option(help="batch size [default: 32]")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="gradient clipping norm [default: 0.3]")] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="spul: a named recipe as the starting point: paper (the paper's settings) or fast "
+            "(balanced batches, generic-set loss, cached KL, lr 2e-3); the flags given override it"
+        ),
+    ] = None,
     ledger: Annotated[
         Path | None, typer.Option(help="forget every deletion request of this ledger (spul requests)")
     ] = None,
@@ -257,28 +264,48 @@ def unlearn_cmd(
 ) -> None:
     """Make the (fine-tuned) model forget train_forget: a SPUL soft prompt, or a baseline (--method)."""
     from spul.methods import get_method
-    from spul.training import TrainConfig
 
     method_class = get_method(method)
     options = method_options(method, flags, method_args)
+    if recipe is not None and method != "spul":
+        raise SpulError(f"--recipe is a SPUL recipe; --method {method} does not take it")
+    config = _train_config(method_class, options, recipe, run, epochs, lr, batch_size, max_grad_norm)
+    if recipe is not None:
+        from spul.methods.spul import recipe_settings
+
+        options = recipe_settings(recipe)[0] | options
     if method_class.from_untouched_model and adapter is not None:
         note(f"note: {method} starts from the untouched model; --adapter {adapter} is not used")
         adapter = None
     selection = run.selection(tau, ledger)
     rows, covers = _unlearning_rows(run, selection)
-    defaults = method_class.training_defaults(options)
-    config = TrainConfig(
-        epochs=epochs if epochs is not None else defaults.get("epochs", TrainConfig.epochs),
-        batch_size=batch_size,
-        lr=lr if lr is not None else defaults.get("lr", TrainConfig.lr),
-        max_grad_norm=max_grad_norm,
-        seed=run.seed,
-        checkpoint_every=run.checkpoint_every,
-    )
     extra = {"requests": covers[0], "ledger": str(ledger)} if covers else None
     _train(method, run, selection, rows, _load(model, run, adapter), out, options, config, extra)
     if covers:
         _finish_ledger(ledger, covers[0], out, covers[1])
+
+
+def _train_config(method_class, options, recipe, run: RunArgs, epochs, lr, batch_size, max_grad_norm):
+    """The TrainConfig: the recipe's (or the method's defaults), then the flags given; nonsense refused."""
+    from dataclasses import replace
+
+    from spul.training import TrainConfig
+
+    if recipe is not None:
+        from spul.methods.spul import recipe_settings
+
+        base = recipe_settings(recipe, seed=run.seed)[1]
+    else:
+        defaults = method_class.training_defaults(options)
+        base = TrainConfig(
+            epochs=defaults.get("epochs", TrainConfig.epochs), lr=defaults.get("lr", TrainConfig.lr)
+        )
+    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_grad_norm": max_grad_norm}
+    for flag, value in given.items():
+        if value is not None and value <= 0:
+            raise SpulError(f"--{flag.replace('_', '-')} must be > 0 (got {value})")
+    given = {k: v for k, v in given.items() if v is not None}
+    return replace(base, seed=run.seed, checkpoint_every=run.checkpoint_every, **given)
 
 
 def _unlearning_rows(run: RunArgs, selection: Selection):

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
+from spul.errors import SpulError
 from spul.methods.base import TrainBatch, TrainItem, register
 from spul.methods.config import option
-from spul.methods.losses import answer_kl, answer_nll, masked_mean
+from spul.methods.losses import (
+    answer_kl,
+    answer_kl_topk,
+    answer_nll,
+    generic_set_nll,
+    masked_mean,
+    topk_reference,
+)
 from spul.methods.soft_prompt import SoftPromptConfig, SoftPromptMethod
 
 
@@ -19,6 +28,41 @@ class SpulConfig(SoftPromptConfig):
 
     alpha: float = option(1.0, "weight of the retain term")
     beta: float = option(0.5, "weight of the KL to the unprompted model")
+    forget_loss: str = option(
+        "random",
+        "forget term: random (CE of one generic word drawn per row, the paper's) or set (-log sum p(g))",
+    )
+    kl_reference: str = option(
+        "recompute",
+        "KL reference: recompute (a no-grad unprompted forward per step) or cached (once per row)",
+    )
+    kl_top_k: int | None = option(None, "cached KL reference: keep the top-k log-probs (none: all, exact)")
+
+    def check(self) -> None:
+        """Known forget loss and KL reference, non-negative weights."""
+        super().check()
+        if self.forget_loss not in FORGET_LOSSES:
+            raise SpulError(f"forget_loss {self.forget_loss!r}: choose one of {', '.join(FORGET_LOSSES)}")
+        if self.kl_reference not in KL_REFERENCES:
+            raise SpulError(f"kl_reference {self.kl_reference!r}: choose one of {', '.join(KL_REFERENCES)}")
+        if self.alpha < 0 or self.beta < 0:
+            raise SpulError(f"alpha and beta must be >= 0 (got alpha {self.alpha}, beta {self.beta})")
+        if self.kl_top_k is not None and self.kl_top_k < 1:
+            raise SpulError(f"kl_top_k must be >= 1 (got {self.kl_top_k})")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The options; the recipe levers only when not the paper's (older manifests stay as they were)."""
+        out = super().hyperparameters()
+        for name, paper in (("forget_loss", "random"), ("kl_reference", "recompute")):
+            if out[name] == paper:
+                del out[name]
+        if "kl_reference" not in out:
+            del out["kl_top_k"]
+        return out
+
+
+FORGET_LOSSES = ("set", "random")
+KL_REFERENCES = ("cached", "recompute")
 
 
 @register
@@ -43,17 +87,16 @@ class Spul(SoftPromptMethod):
         """The three SPUL terms; each averaged over the forget or retain rows of the batch."""
         forget, retain = batch.is_forget, ~batch.is_forget
         logits = self.logits(batch.batch)
-        nll = answer_nll(logits, batch.batch.targets)
-        loss_f = masked_mean(nll, forget)
+        targets = batch.batch.targets
+        nll = answer_nll(logits, targets)
+        if self.config.forget_loss == "set" and forget.any():
+            loss_f = generic_set_nll(logits[forget], targets[forget], self._generic_first()).mean()
+        else:
+            loss_f = masked_mean(nll, forget)
         loss_r = masked_mean(nll, retain)
         loss_kl = logits.sum() * 0.0
         if self.config.beta > 0 and retain.any():
-            # The frozen model's own unprompted distribution, recomputed here with no grad: no second
-            # copy of the model, and only a [retain rows, answer length, vocab] tensor at a time.
-            ref_batch = batch.batch.select(retain)
-            with torch.no_grad():
-                ref = self.logits(ref_batch, prompted=False)
-            loss_kl = answer_kl(logits[retain], ref, ref_batch.targets).mean()
+            loss_kl = self._kl(logits[retain], batch.batch.select(retain)).mean()
         total = loss_f + self.config.alpha * loss_r + self.config.beta * loss_kl
         return total, {
             "loss": total.item(),
@@ -61,3 +104,61 @@ class Spul(SoftPromptMethod):
             "L_r": loss_r.item(),
             "L_kl": loss_kl.item(),
         }
+
+    def _generic_first(self) -> torch.Tensor:
+        return torch.tensor(sorted({w[0] for w in self.generic.token_ids}))
+
+    def _kl(self, logits: torch.Tensor, ref_batch) -> torch.Tensor:
+        """KL(prompted || unprompted) at the answer positions of the retain rows."""
+        if self.config.kl_reference == "recompute":
+            # The frozen model's own unprompted distribution, recomputed here with no grad: no second
+            # copy of the model, and only a [retain rows, answer length, vocab] tensor at a time.
+            with torch.no_grad():
+                ref = self.logits(ref_batch, prompted=False)
+            return answer_kl(logits, ref, ref_batch.targets)
+        # Cached: the unprompted model never changes, so each retain row's reference is computed the
+        # first time the row is seen and kept (top-k log-probs + tail mass, or all of it with k None).
+        cache = self.__dict__.setdefault("_reference", {})
+        missing = [i for i, row in enumerate(ref_batch.index) if row not in cache]
+        if missing:
+            wanted = torch.zeros(len(ref_batch.index), dtype=torch.bool)
+            wanted[missing] = True
+            sub = ref_batch.select(wanted.to(ref_batch.input_ids.device))
+            with torch.no_grad():
+                values, ids = topk_reference(self.logits(sub, prompted=False), self.config.kl_top_k)
+            for j, row in enumerate(sub.index):
+                cache[row] = (values[j].cpu(), None if ids is None else ids[j].cpu())
+        refs = [cache[row] for row in ref_batch.index]
+        ref_logq = torch.stack([r[0] for r in refs]).to(logits.device)
+        ref_ids = None if refs[0][1] is None else torch.stack([r[1] for r in refs]).to(logits.device)
+        return answer_kl_topk(logits, ref_logq, ref_ids, ref_batch.targets)
+
+
+# Named recipes: option and training overrides over SPUL's defaults (which are the paper's method
+# settings). "paper" is the paper's reference setting (P-tuning p 30, lr 1e-4, clip 0.3, batch 32,
+# AdamW + cosine, a random generic word, a recomputed KL reference, 10 epochs); "fast" bundles the
+# levers measured by benchmarks/bench_forgetting.py (docs/results.md says how far it gets).
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "method": {"forget_loss": "random", "kl_reference": "recompute"},
+        "training": {"lr": 1e-4, "max_grad_norm": 0.3, "batch_size": 32, "epochs": 10},
+    },
+    "fast": {
+        "method": {"forget_loss": "set", "kl_reference": "cached"},
+        "training": {"lr": 2e-3, "max_grad_norm": 1.0, "batch_size": 16, "epochs": 10, "forget_share": 0.5},
+    },
+}
+
+
+def recipe_settings(name: str, overrides: dict[str, Any] | None = None, seed: int = 0):
+    """A recipe's method options and TrainConfig, with `overrides` (method options or training fields)."""
+    from spul.training import TrainConfig
+
+    if name not in RECIPES:
+        raise SpulError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    method = dict(RECIPES[name]["method"])
+    training = dict(RECIPES[name]["training"]) | {"seed": seed}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    for key, value in (overrides or {}).items():
+        (training if key in train_fields else method)[key] = value
+    return method, TrainConfig(**training)

@@ -1,0 +1,148 @@
+"""Guardrail baselines (Thaker et al. 2024; ECO, Liu et al. 2024): decide per query, before the model,
+whether it is in the forget scope. A keyword filter derived from the forget set, and a gate: a linear
+classifier over sentence embeddings trained on forget vs retain training rows."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spul.errors import SpulError
+
+_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+
+
+def _words(text: str) -> set[str]:
+    """The lower-cased words of a text, possessive endings removed."""
+    return {re.sub(r"['’]s?$", "", w.lower()) for w in _WORD.findall(text)}
+
+
+@dataclass
+class KeywordFilter:
+    """Flags a query that contains any of `keywords` (whole words, case-insensitive) or matches `regex`."""
+
+    keywords: tuple[str, ...] = ()
+    regex: str | None = None
+    source: str = "keywords"  # how the rule was derived (recorded in the artifact)
+
+    @classmethod
+    def derive(
+        cls, forget: Sequence[str], retain: Sequence[str], finder=None, ratio: float = 10.0
+    ) -> KeywordFilter:
+        """The name words of the forget texts that are `ratio` times rarer in the retain texts.
+
+        Names come from `finder` (default: spaCy's PERSON/ORG entities plus the lexicon the audit learns,
+        which also catches lone lower-cased surnames; without spaCy, capitalised words).
+        """
+        from spul.audit.probes import EntityFinder
+
+        finder = (finder or EntityFinder.create()).fit(forget, retain, ratio=ratio)
+        return cls(tuple(sorted(finder.lexicon)), source=f"names ({finder.method})")
+
+    def flags(self, texts: Sequence[str]) -> np.ndarray:
+        """True for each text the rule matches."""
+        words = set(self.keywords)
+        pattern = re.compile(self.regex, re.IGNORECASE) if self.regex else None
+        return np.array(
+            [bool(words & _words(t)) or bool(pattern and pattern.search(t)) for t in texts], dtype=bool
+        )
+
+    def to_json(self) -> dict:
+        """The rule as JSON."""
+        return {"keywords": list(self.keywords), "regex": self.regex, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "filter.json") -> KeywordFilter:
+        """Read a rule written by `to_json`, checking its fields."""
+        keywords = data.get("keywords", [])
+        if not isinstance(keywords, list) or not all(isinstance(k, str) and k for k in keywords):
+            raise SpulError(f"{where}: 'keywords' must be a list of non-empty strings")
+        regex = data.get("regex")
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as err:
+                raise SpulError(
+                    f"{where}: 'regex' {regex!r} is not a valid regular expression: {err}"
+                ) from None
+        return cls(tuple(keywords), regex, str(data.get("source", "keywords")))
+
+
+@dataclass
+class EmbeddingGate:
+    """Logistic regression on sentence embeddings: flags a query whose score reaches `threshold`."""
+
+    weights: np.ndarray  # [dim]
+    bias: float
+    threshold: float
+    embedder_name: str = "all-MiniLM-L6-v2"
+
+    @classmethod
+    def fit(
+        cls,
+        forget_vectors: np.ndarray,
+        retain_vectors: np.ndarray,
+        seed: int = 0,
+        folds: int = 5,
+    ) -> EmbeddingGate:
+        """Train on forget (1) vs retain (0) training rows; the threshold maximises TPR - FPR on
+        out-of-fold scores of those same training rows (no test row is looked at)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+        x = np.concatenate([forget_vectors, retain_vectors]).astype(np.float64)
+        y = np.concatenate([np.ones(len(forget_vectors)), np.zeros(len(retain_vectors))])
+        if len(forget_vectors) < folds or len(retain_vectors) < folds:
+            raise SpulError(f"the gate needs at least {folds} forget and {folds} retain training rows")
+        model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        scores = cross_val_predict(model, x, y, cv=split, method="decision_function")
+        threshold = _youden_threshold(scores, y)
+        model.fit(x, y)
+        return cls(model.coef_[0].astype(np.float32), float(model.intercept_[0]), threshold)
+
+    def scores(self, vectors: np.ndarray) -> np.ndarray:
+        """The classifier's decision value of each vector (higher = more like the forget set)."""
+        return vectors.astype(np.float64) @ self.weights.astype(np.float64) + self.bias
+
+    def flags(self, vectors: np.ndarray) -> np.ndarray:
+        """True where the score reaches the threshold."""
+        return self.scores(vectors) >= self.threshold
+
+    def save(self, folder: Path) -> None:
+        """gate.safetensors (the weights) + gate.json (bias, threshold, embedder)."""
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({"weights": torch.from_numpy(self.weights.copy())}, str(folder / "gate.safetensors"))
+        meta = {"bias": self.bias, "threshold": self.threshold, "embedder": self.embedder_name}
+        (folder / "gate.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> EmbeddingGate:
+        """Read a gate written by `save`."""
+        from safetensors.torch import load_file
+
+        try:
+            meta = json.loads((folder / "gate.json").read_text(encoding="utf-8"))
+            weights = load_file(str(folder / "gate.safetensors"))["weights"].numpy()
+            return cls(weights, float(meta["bias"]), float(meta["threshold"]), str(meta["embedder"]))
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise SpulError(f"{folder}: unreadable gate (gate.json / gate.safetensors): {err}") from None
+
+
+def _youden_threshold(scores: np.ndarray, y: np.ndarray) -> float:
+    """The score threshold maximising TPR - FPR (ties: the highest threshold, touching fewer queries)."""
+    best, best_j = float(np.max(scores)) + 1e-9, -1.0
+    pos, neg = max(1, int(y.sum())), max(1, int((1 - y).sum()))
+    for t in np.unique(scores)[::-1]:
+        flagged = scores >= t
+        j = flagged[y == 1].sum() / pos - flagged[y == 0].sum() / neg
+        if j > best_j + 1e-12:
+            best, best_j = float(t), float(j)
+    return best

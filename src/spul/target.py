@@ -1,0 +1,76 @@
+"""The unlearning target, checked while training: forget ACC low enough, retain ACC kept."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spul.data.splits import UnlearningData
+from spul.evaluation import evaluate
+from spul.models import LoadedModel
+from spul.prompting import Template
+
+
+@dataclass(frozen=True)
+class Target:
+    """Forget ACC at most `forget_acc` (%) on every forget split checked; retain ACC at most
+    `retain_drop` points below the reference (the model before unlearning) on every retain split."""
+
+    forget_acc: float = 25.0
+    retain_drop: float = 3.0
+
+    def reached(self, table: dict[str, dict[str, float]], reference: dict[str, dict[str, float]]) -> bool:
+        """True when every split of `table` meets the target."""
+        for split, metrics in table.items():
+            if "forget" in split and metrics["acc"] > self.forget_acc:
+                return False
+            if "retain" in split and metrics["acc"] < reference[split]["acc"] - self.retain_drop:
+                return False
+        return True
+
+
+@dataclass
+class TargetMonitor:
+    """Evaluates held rows every few steps (a `train(monitor=...)` callback) and says when the target
+    is reached. Records each check with the training seconds spent so far (checking time excluded)."""
+
+    lm: LoadedModel
+    held: UnlearningData
+    template: Template
+    target: Target
+    reference: dict[str, dict[str, float]]
+    splits: tuple[str, ...]
+    prefix_fn: Callable[[], Any] | None = None
+    encoder: Any = None
+    batch_size: int = 32
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    _started: float = field(default_factory=time.perf_counter)
+    _checking_s: float = 0.0
+
+    def __call__(self, step: int) -> bool:
+        """Evaluate now; True when the target is reached."""
+        began = time.perf_counter()
+        table = evaluate(
+            self.lm,
+            self.held,
+            template=self.template,
+            prefix_fn=self.prefix_fn,
+            encoder=self.encoder,
+            batch_size=self.batch_size,
+            splits=self.splits,
+            show_progress=False,
+        )
+        reached = self.target.reached(table, self.reference)
+        now = time.perf_counter()
+        self.checks.append(
+            {
+                "step": step,
+                "train_s": round(began - self._started - self._checking_s, 2),
+                "acc": {split: round(m["acc"], 2) for split, m in table.items()},
+                "reached": reached,
+            }
+        )
+        self._checking_s += now - began
+        return reached

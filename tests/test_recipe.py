@@ -1,0 +1,162 @@
+"""The fast-forgetting levers: generic-set loss, compact KL reference, balanced batches, stop at target."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from spul.methods.base import TrainItem
+from spul.methods.losses import answer_kl, answer_kl_topk, generic_set_nll, topk_reference
+from spul.methods.spul import RECIPES, recipe_settings
+from spul.target import Target
+from spul.training import BatchPlan, TrainConfig
+
+
+def test_generic_set_nll_is_minus_log_of_the_summed_generic_probability():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 11)
+    # rows 0-1 single-token answers (left -100), row 2 a two-token word
+    targets = torch.tensor([[-100, 4], [-100, 7], [4, 9]])
+    generic_first = torch.tensor([4, 7])
+    got = generic_set_nll(logits, targets, generic_first)
+    logp = torch.log_softmax(logits, -1)
+    expected = [
+        -math.log(logp[0, 1, 4].exp() + logp[0, 1, 7].exp()),
+        -math.log(logp[1, 1, 4].exp() + logp[1, 1, 7].exp()),
+        -math.log(logp[2, 0, 4].exp() + logp[2, 0, 7].exp()) - float(logp[2, 1, 9]),
+    ]
+    assert got.tolist() == pytest.approx(expected, abs=1e-5)
+    # no floor: putting all mass on the set drives it to 0 (one random word per row could not)
+    peaked = torch.full((1, 1, 11), -30.0)
+    peaked[0, 0, 4] = peaked[0, 0, 7] = 10.0
+    assert float(generic_set_nll(peaked, torch.tensor([[4]]), generic_first)) == pytest.approx(
+        math.log(1.0), abs=1e-6
+    )
+
+
+def test_topk_kl_is_exact_with_the_whole_distribution_and_close_with_top_k():
+    torch.manual_seed(1)
+    # as in training: the prompted distribution stays near the unprompted one on retain rows
+    ref = torch.randn(4, 2, 50) * 3
+    logits = ref + 0.5 * torch.randn(4, 2, 50)
+    targets = torch.tensor([[-100, 1], [2, 3], [-100, 4], [5, 6]])
+    exact = answer_kl(logits, ref, targets)
+    values, ids = topk_reference(ref, None)
+    assert ids is None
+    assert answer_kl_topk(logits, values, ids, targets).tolist() == pytest.approx(exact.tolist(), abs=1e-5)
+    values, ids = topk_reference(ref, 40)
+    approx = answer_kl_topk(logits, values, ids, targets)
+    assert approx.tolist() == pytest.approx(exact.tolist(), rel=0.05)
+    values, ids = topk_reference(ref, 2)  # a crude reference is measurably off
+    assert not torch.allclose(answer_kl_topk(logits, values, ids, targets), exact, rtol=0.01)
+
+
+def _items(n_retain: int, n_forget: int) -> list[TrainItem]:
+    return [TrainItem([1], (2,), False) for _ in range(n_retain)] + [
+        TrainItem([1], (3,), True) for _ in range(n_forget)
+    ]
+
+
+def test_balanced_plan_puts_a_fixed_share_of_forget_rows_in_every_batch():
+    items = _items(1000, 30)
+    plan = BatchPlan(items, TrainConfig(batch_size=16, forget_share=0.5, seed=3))
+    assert plan.steps_per_epoch == math.ceil(30 / 8)
+    seen_retain = []
+    for step in range(plan.steps_per_epoch * 3):
+        rows = plan.rows(step)
+        forget = [r for r in rows if items[r].is_forget]
+        assert len(rows) - len(forget) == 8
+        assert 0 < len(forget) <= 8
+        seen_retain += [r for r in rows if not items[r].is_forget]
+    # retain rows come from passes over the whole retain split, without repeats inside a pass
+    assert len(set(seen_retain)) == len(seen_retain)
+    # every forget row is used once per epoch
+    epoch0 = [r for s in range(plan.steps_per_epoch) for r in plan.rows(s) if items[r].is_forget]
+    assert sorted(epoch0) == list(range(1000, 1030))
+    # a pure function of the step (resume replays it), and the seed matters
+    again = BatchPlan(items, TrainConfig(batch_size=16, forget_share=0.5, seed=3))
+    assert [again.rows(s) for s in (5, 0, 2)] == [plan.rows(s) for s in (5, 0, 2)]
+    other = BatchPlan(items, TrainConfig(batch_size=16, forget_share=0.5, seed=4))
+    assert other.rows(0) != plan.rows(0)
+
+
+def test_uniform_plan_is_the_old_epoch_order():
+    from spul.training import epoch_order
+
+    items = _items(20, 5)
+    plan = BatchPlan(items, TrainConfig(batch_size=8, seed=2))
+    assert plan.rows(0) == epoch_order(25, 2, 0)[:8]
+    assert plan.rows(4) == epoch_order(25, 2, 1)[:8]
+
+
+def test_bad_forget_share_is_refused():
+    from spul.errors import SpulError
+
+    with pytest.raises(SpulError, match="forget_share"):
+        BatchPlan(_items(4, 4), TrainConfig(forget_share=1.5))
+
+
+def test_target_needs_every_split():
+    reference = {"train_retain": {"acc": 90.0}, "test_retain": {"acc": 80.0}}
+    good = {
+        "train_retain": {"acc": 88.0},
+        "train_forget": {"acc": 20.0},
+        "test_retain": {"acc": 77.5},
+        "test_forget": {"acc": 25.0},
+    }
+    assert Target().reached(good, reference)
+    assert not Target().reached(good | {"test_forget": {"acc": 26.0}}, reference)
+    assert not Target().reached(good | {"test_retain": {"acc": 76.0}}, reference)
+
+
+def test_recipes_resolve_with_overrides():
+    options, config = recipe_settings("paper", {"lr": 5e-4, "beta": 0.0}, seed=7)
+    assert config.lr == 5e-4 and config.seed == 7 and config.max_grad_norm == 0.3
+    assert options["beta"] == 0.0 and options["num_virtual_tokens"] == 30
+    assert set(RECIPES) >= {"paper", "fast"}
+
+
+def test_spul_stops_at_the_target_and_cached_kl_matches_recompute(tiny_lm, toy, tmp_path):
+    """A monitor that reports the target ends training early; a cached exact KL trains like recompute."""
+    from spul.pipeline import train_artifact
+
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, seed=0, monitor_every=2)
+    calls = []
+
+    def monitor(step):
+        calls.append(step)
+        return step >= 4
+
+    manifest = train_artifact(
+        "spul",
+        tiny_lm,
+        toy,
+        tmp_path / "p",
+        method_options={"num_virtual_tokens": 2, "forget_loss": "set", "kl_reference": "cached"},
+        config=cfg,
+        show_progress=False,
+        monitor=lambda method: monitor,
+    )
+    assert calls == [2, 4] and manifest["steps"] == 4 and manifest["stopped_at"] == 4
+    assert manifest["hyperparameters"]["method"]["forget_loss"] == "set"
+
+
+def test_label_only_metrics_see_through_generic_answers():
+    import numpy as np
+
+    from spul.metrics import format_table, split_metrics
+
+    labels = [0, 1, 0, 1]
+    predicted = [-1, -1, -1, 1]  # three generic answers: ACC 25 %
+    logprobs = np.log(np.array([[0.6, 0.1], [0.2, 0.5], [0.3, 0.2], [0.1, 0.8]]))
+    m = split_metrics(labels, predicted, 2, logprobs)
+    assert m["acc"] == 25.0
+    assert m["label_acc"] == 100.0  # the label words still rank the true label first everywhere
+    assert m["margin_auc"] == 1.0
+    flipped = split_metrics(labels, predicted, 2, logprobs[:, ::-1])
+    assert flipped["label_acc"] == 0.0 and flipped["margin_auc"] == 0.0
+    assert split_metrics([1, 1], [1, 1], 2, logprobs[:2])["margin_auc"] is None  # one class only
+    text = format_table({"SPUL": {"train_forget": m}})
+    assert "Label-only ACC" in text and "100.00 / 1.000" in text
