@@ -48,7 +48,8 @@ def test_two_processes_train_like_one(tmp_path, tiny_model_dir, toy_dir):
     ]
     run([*common, "--out", tmp_path / "one"])
     both = run([*common, "--out", tmp_path / "two"], nproc=2)
-    assert both.stdout.count("| model |") == 1  # only the first process reports
+    assert both.stdout.count("Label-only ACC") == 1  # only the first process reports (its two tables)
+    assert both.stdout.count("| model |") == 2
     one = load_file(tmp_path / "one" / "adapter_model.safetensors")
     two = load_file(tmp_path / "two" / "adapter_model.safetensors")
     assert one.keys() == two.keys()

@@ -107,6 +107,9 @@ def test_options_given_as_text_are_typed():
 def test_option_names_are_the_config_fields():
     assert get_method("ga_kl").option_names() == {"alpha", "lora", "r", "lora_alpha"}
     assert get_method("spul").option_names() == {
+        "forget_loss",
+        "kl_reference",
+        "kl_top_k",
         "prompt_type",
         "num_virtual_tokens",
         "encoder_hidden",

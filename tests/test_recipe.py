@@ -114,7 +114,7 @@ def test_target_needs_every_split():
 def test_recipes_resolve_with_overrides():
     options, config = recipe_settings("paper", {"lr": 5e-4, "beta": 0.0}, seed=7)
     assert config.lr == 5e-4 and config.seed == 7 and config.max_grad_norm == 0.3
-    assert options["beta"] == 0.0 and options["num_virtual_tokens"] == 30
+    assert options["beta"] == 0.0 and options["forget_loss"] == "random"
     assert set(RECIPES) >= {"paper", "fast"}
 
 
@@ -160,3 +160,18 @@ def test_label_only_metrics_see_through_generic_answers():
     assert split_metrics([1, 1], [1, 1], 2, logprobs[:2])["margin_auc"] is None  # one class only
     text = format_table({"SPUL": {"train_forget": m}})
     assert "Label-only ACC" in text and "100.00 / 1.000" in text
+
+
+def test_unlearn_refuses_recipe_misuse_and_nonpositive_training_flags_before_loading():
+    from typer.testing import CliRunner
+
+    from spul.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["unlearn", "--method", "ga", "--recipe", "fast", "--model", "/nonexistent"])
+    assert result.exit_code == 2 and "--recipe is a SPUL recipe" in result.output
+    for flag, value in (("--lr", "0"), ("--epochs", "0"), ("--batch-size", "-1")):
+        result = runner.invoke(app, ["unlearn", flag, value, "--model", "/nonexistent"])
+        assert result.exit_code == 2 and f"{flag} must be > 0" in result.output, result.output
+    result = runner.invoke(app, ["unlearn", "--recipe", "nope", "--model", "/nonexistent"])
+    assert result.exit_code == 2 and "unknown recipe" in result.output

@@ -63,20 +63,13 @@ def compare(
     spec = unlearned.manifest["base_model"]["spec"]
     template, show = unlearned.template, show_progress
     rows = {title: unlearned.evaluate(data, batch_size=batch_size, show_progress=show)}
-    if unlearned.base_adapter is not None:
-        finetuned = _finetuned_model(unlearned, spec, load_options)
+    finetuned = unlearned.finetuned_reference(
+        lambda base, adapter: load_model(base, adapter=adapter, **load_options)
+    )
+    if finetuned is not None:
         rows["Fine-tuned"] = evaluate(
             finetuned, data, template=template, batch_size=batch_size, show_progress=show
         )
     vanilla = load_model(spec, **load_options)
     rows["Vanilla"] = evaluate(vanilla, data, template=template, batch_size=batch_size, show_progress=show)
     return {k: rows[k] for k in ("Vanilla", "Fine-tuned", title) if k in rows}
-
-
-def _finetuned_model(unlearned: Any, spec: str, load_options: dict[str, Any]) -> LoadedModel:
-    """The fine-tuned model under an artifact: a prompt or a context leaves it as it is (so it is the model
-    already loaded); an adapter or new weights replace it, so it is loaded again."""
-    # TODO(h2): artifact-kind loader
-    if unlearned.kind in ("prompt", "context"):
-        return unlearned.lm
-    return load_model(spec, adapter=unlearned.base_adapter, **load_options)

@@ -83,7 +83,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: file is empty (expected a header line)") from exc
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: malformed {ext.upper()} ({exc})") from exc
-    return _drop_trailing_blank_rows(frame)
+    return _drop_trailing_blank_rows(frame, _blank_tail(text))
 
 
 def _read_bytes(path: Path, gz: bool) -> bytes:
@@ -160,10 +160,23 @@ def _check_unicode(record: dict, where: str) -> None:
         raise DataError(f"{where}: text is not valid Unicode (a lone surrogate escape)") from None
 
 
-def _drop_trailing_blank_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Remove empty rows that blank lines at the end of a CSV produce."""
+def _blank_tail(text: str) -> int:
+    """How many truly blank lines end the file (a row of empty cells such as `,` is not one)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it is no blank line
+    count = 0
+    while lines and lines[-1].strip("\r") == "":
+        lines.pop()
+        count += 1
+    return count
+
+
+def _drop_trailing_blank_rows(frame: pd.DataFrame, blank_lines: int) -> pd.DataFrame:
+    """Remove the empty rows that the `blank_lines` blank lines at the end of a CSV produce (only those:
+    a row of empty cells is a row, and is refused later as an empty text)."""
     end = len(frame)
-    while end > 0 and all(str(v) == "" for v in frame.iloc[end - 1]):
+    while end > 0 and len(frame) - end < blank_lines and all(str(v) == "" for v in frame.iloc[end - 1]):
         end -= 1
     return frame.iloc[:end] if end < len(frame) else frame
 
