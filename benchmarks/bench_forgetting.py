@@ -126,7 +126,7 @@ def main() -> None:
             "recipe": recipe,
             "overrides": overrides,
             "options": options,
-            "training": {k: v for k, v in vars(config).items()},
+            "training": vars(config),
             "reached": bool(reached),
             "steps_to_target": reached[0]["step"] if reached else None,
             "seconds_to_target": reached[0]["train_s"] if reached else None,

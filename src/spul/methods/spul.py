@@ -73,6 +73,12 @@ class Spul(SoftPromptMethod):
     config_class = SpulConfig
     baseline = False
 
+    def __init__(self, *args, **kwargs):
+        """SPUL over its soft prompt; the generic words' first tokens and the KL cache are set up once."""
+        super().__init__(*args, **kwargs)
+        self.generic_first = torch.tensor(sorted({w[0] for w in self.generic.token_ids}))
+        self.reference: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # cached KL references
+
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label."""
         rng = random.Random(seed)
@@ -90,7 +96,7 @@ class Spul(SoftPromptMethod):
         targets = batch.batch.targets
         nll = answer_nll(logits, targets)
         if self.config.forget_loss == "set" and forget.any():
-            loss_f = generic_set_nll(logits[forget], targets[forget], self._generic_first()).mean()
+            loss_f = generic_set_nll(logits[forget], targets[forget], self.generic_first).mean()
         else:
             loss_f = masked_mean(nll, forget)
         loss_r = masked_mean(nll, retain)
@@ -105,9 +111,6 @@ class Spul(SoftPromptMethod):
             "L_kl": loss_kl.item(),
         }
 
-    def _generic_first(self) -> torch.Tensor:
-        return torch.tensor(sorted({w[0] for w in self.generic.token_ids}))
-
     def _kl(self, logits: torch.Tensor, ref_batch) -> torch.Tensor:
         """KL(prompted || unprompted) at the answer positions of the retain rows."""
         if self.config.kl_reference == "recompute":
@@ -118,7 +121,7 @@ class Spul(SoftPromptMethod):
             return answer_kl(logits, ref, ref_batch.targets)
         # Cached: the unprompted model never changes, so each retain row's reference is computed the
         # first time the row is seen and kept (top-k log-probs + tail mass, or all of it with k None).
-        cache = self.__dict__.setdefault("_reference", {})
+        cache = self.reference
         missing = [i for i, row in enumerate(ref_batch.index) if row not in cache]
         if missing:
             wanted = torch.zeros(len(ref_batch.index), dtype=torch.bool)
