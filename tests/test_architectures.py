@@ -112,3 +112,33 @@ def test_spul_trains_saves_loads_predicts(name, tmp_path, toy):
     assert unlearned.evaluate(toy, show_progress=False) == manifest["metrics"]
     predictions = unlearned.predict(toy.test_forget.texts[:3])
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in predictions)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_suffix_prompt_equals_rows_alone(name):
+    """A suffix soft prompt (after the template, before the answer): cached-text and concatenated passes
+    both equal the row alone with the prompt appended, and the cached pass's unprompted logits are exact."""
+    lm = make_lm(name)
+    encoder = Encoder(lm.tokenizer, SHORT)
+    prompts = encoder.encode(TEXTS)
+    batch = encoder.batch(prompts, [(5,)] * len(prompts), list(range(len(prompts))))
+    suffix = torch.randn(4, lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    embed = lm.model.get_input_embeddings()
+    with torch.no_grad():
+        want = [
+            lm.model(inputs_embeds=torch.cat([embed(torch.tensor([p])), suffix[None]], 1)).logits[0, -1]
+            for p in prompts
+        ]
+        plain_want = reference(lm, prompts, [(5,)] * len(prompts), None)
+        for share in (True, False):
+            prompt = engine.SuffixPrompt(suffix, share_text=share)
+            got, plain = engine.answer_logits_pair(lm.model, batch, prompt)
+            for row, expected in enumerate(want):
+                torch.testing.assert_close(got[row, -1], expected, atol=1e-4, rtol=0)
+            if plain is not None:
+                for row, expected in enumerate(plain_want):
+                    torch.testing.assert_close(plain[row, -1], expected[-1], atol=1e-4, rtol=0)
+        assert (got[:, -1] - torch.stack(plain_want)[:, -1]).abs().max() > 1e-3  # the prompt matters
+        two = encoder.batch(prompts, [(5, 6)] * len(prompts), list(range(len(prompts))))
+        with pytest.raises(engine.SpulError, match="one-token answer"):
+            engine.answer_logits(lm.model, two, engine.SuffixPrompt(suffix))

@@ -92,3 +92,13 @@ def test_prompt_trained_at_fp32_loads_over_a_bf16_copy(tmp_path, tiny_model_dir,
     lm.tokenizer.save_pretrained(half)
     unlearned = load_unlearned(out, model=str(half), device="cpu", precision="fp32")
     assert len(unlearned.predict(toy.test_forget.texts[:2])) == 2
+
+
+def test_fingerprint_of_a_tensor_past_float32_exact_integers():
+    """A float32 linspace rounds 2**24 + 1 up past the last index; the sampled positions stay in range."""
+    from spul.artifacts import model_fingerprint
+
+    module = torch.nn.Module()
+    module.register_buffer("big", torch.arange(2**24 + 2, dtype=torch.float32))
+    parts = model_fingerprint(module).split(":")
+    assert parts[0] == "w2" and len(parts) == 5

@@ -175,3 +175,59 @@ def test_unlearn_refuses_recipe_misuse_and_nonpositive_training_flags_before_loa
         assert result.exit_code == 2 and f"{flag} must be > 0" in result.output, result.output
     result = runner.invoke(app, ["unlearn", "--recipe", "nope", "--model", "/nonexistent"])
     assert result.exit_code == 2 and "unknown recipe" in result.output
+
+
+def test_suffix_prompt_trains_the_same_with_cached_text_and_round_trips(tiny_lm, toy, tmp_path):
+    """A suffix prompt: the cached text states give the same training as recomputing them, the unprompted
+    KL reference comes from the same pass, and the saved prompt is applied as a suffix when loaded."""
+    import json
+
+    import numpy as np
+
+    from spul import engine
+    from spul.pipeline import train_artifact
+    from spul.unlearned import Unlearned
+
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0)
+    runs = {}
+    for cache_mb in (2048, 0):
+        out = tmp_path / f"p{cache_mb}"
+        options = {"num_virtual_tokens": 3, "prompt_position": "suffix", "text_cache_mb": cache_mb}
+        train_artifact("spul", tiny_lm, toy, out, method_options=options, config=cfg, show_progress=False)
+        runs[cache_mb] = json.loads((out / "spul.json").read_text())
+    cached, plain = (runs[m]["history"] for m in (2048, 0))
+    assert [h["loss"] for h in cached] == pytest.approx([h["loss"] for h in plain], abs=1e-4)
+    assert all(h["L_kl"] >= 0 for h in cached) and any(h["L_kl"] > 0 for h in cached)
+    assert runs[2048]["hyperparameters"]["method"]["prompt_position"] == "suffix"
+
+    model = Unlearned(tiny_lm, tmp_path / "p2048", runs[2048])
+    assert isinstance(model.prompt, engine.SuffixPrompt)
+    texts = toy.test_retain.texts[:4]
+    served = model.predict(texts)
+    plain_scores = engine.score(
+        tiny_lm, model.encoder, model.verbalizer, texts, [0] * len(texts), show_progress=False
+    )
+    moved = [
+        abs(s["probabilities"][w] - float(np.exp(p[k])))
+        for s, p in zip(served, plain_scores.logprobs, strict=True)
+        for k, w in enumerate(model.verbalizer.words)
+    ]
+    assert max(moved) > 1e-4  # the loaded prompt changes the answers, so it was applied
+
+
+def test_suffix_prompt_refuses_multi_token_words(tiny_lm, toy, tmp_path):
+    from dataclasses import replace
+
+    from spul.errors import SpulError
+    from spul.pipeline import train_artifact
+
+    with pytest.raises(SpulError, match="one-token answer words"):
+        train_artifact(
+            "spul",
+            tiny_lm,
+            replace(toy, generic_words=("not known at all",)),
+            tmp_path / "p",
+            method_options={"prompt_position": "suffix", "num_virtual_tokens": 2},
+            config=TrainConfig(epochs=1, batch_size=4),
+            show_progress=False,
+        )

@@ -53,7 +53,10 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 4) -> st
         exact.update(f"{name}:{tuple(tensor.shape)}".encode())
         if flat.numel() == 0:
             continue
-        positions = torch.linspace(0, flat.numel() - 1, samples_per_tensor).long().to(flat.device)
+        # integer arithmetic: a float32 linspace rounds n - 1 up to n for tensors of ~2**24+ values
+        last = flat.numel() - 1
+        positions = torch.arange(samples_per_tensor) * last // max(1, samples_per_tensor - 1)
+        positions = positions.to(flat.device)
         sample = flat[positions].cpu()
         if tensor.is_floating_point():
             values.append(sample.float())

@@ -10,15 +10,30 @@ from typing import Any
 import torch
 from peft import PeftModel, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 
-from spul.engine import PrefixFn, answer_logits, prefix_kv
+from spul.engine import (
+    PrefixFn,
+    SuffixPrompt,
+    answer_logits,
+    answer_logits_pair,
+    cache_of_rows,
+    last_logits_only,
+    prefix_kv,
+    row_states,
+    suffix_over,
+    text_states,
+    uses_text_cache,
+)
 from spul.errors import SpulError
 from spul.methods.base import Method
 from spul.methods.config import MethodConfig, option
 from spul.methods.kinds import ArtifactKind, Attached, register_kind
 from spul.models import LoadedModel, cast_frozen_linears
-from spul.prompting import Batch, Template, Verbalizer
+from spul.progress import progress_bar
+from spul.prompting import Batch, Template, Verbalizer, length_sorted_batches
+from spul.reporting import warn
 
 PROMPT_TYPES = ("ptuning", "prompt-tuning")
+PROMPT_POSITIONS = ("prefix", "suffix")
 
 
 def prompt_config(prompt_type: str, num_virtual_tokens: int, encoder_hidden: int, token_dim: int):
@@ -47,19 +62,37 @@ class SoftPromptConfig(MethodConfig):
     num_virtual_tokens: int = option(30, "number of virtual tokens", flag="--p")
     encoder_hidden: int = option(128, "P-tuning MLP hidden size")
     init_prompt: str | None = option(None, "start from this saved prompt (needs --prompt-type prompt-tuning)")
+    prompt_position: str = option(
+        "prefix",
+        "prefix (the paper's: before the text) or suffix (after the template, right before the answer: "
+        "the text is read once without gradients; one-token answer words only)",
+    )
+    text_cache_mb: int = option(
+        2048, "suffix prompts: keep every training row's text states in memory up to this size (0: off)"
+    )
 
     def check(self) -> None:
-        """A known prompt type."""
+        """A known prompt type and position."""
         if self.prompt_type not in PROMPT_TYPES:
             raise SpulError(
                 f"unknown prompt type {self.prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}"
             )
+        if self.text_cache_mb < 0:
+            raise SpulError(f"text_cache_mb must be >= 0 (got {self.text_cache_mb})")
+        if self.prompt_position not in PROMPT_POSITIONS:
+            raise SpulError(
+                f"unknown prompt position {self.prompt_position!r}; "
+                f"choose one of {', '.join(PROMPT_POSITIONS)}"
+            )
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The options; init_prompt only when used (other manifests stay as they were)."""
+        """The options; init_prompt and a suffix position only when used (older manifests stay as before)."""
         out = super().hyperparameters()
         if out["init_prompt"] is None:
             del out["init_prompt"]
+        if out["prompt_position"] == "prefix":
+            del out["prompt_position"]
+            del out["text_cache_mb"]
         return out
 
 
@@ -78,8 +111,12 @@ class SoftPromptMethod(Method):
         start = None
         if c.init_prompt:
             start = saved_prompt(lm, c.init_prompt, c.prompt_type, c.num_virtual_tokens)
+        if c.prompt_position == "suffix":
+            check_suffix_words(self.verbalizer, getattr(self, "generic", None))
         self.peft = get_peft_model(lm.model, config)
         self.peft.prompt_encoder.to(lm.device)
+        # suffix prompts: item index -> (per-layer text keys/values, unprompted answer logits)
+        self.text_cache: dict[int, tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = {}
         if start is not None:
             with torch.no_grad():
                 self.peft.prompt_encoder["default"].embedding.weight.copy_(start)
@@ -92,9 +129,15 @@ class SoftPromptMethod(Method):
         """The p virtual-token embeddings, [p, hidden]."""
         return self.peft.get_prompt(batch_size=1)[0]
 
+    def placed_prompt(self) -> torch.Tensor | SuffixPrompt:
+        """The current soft prompt as the engine takes it: embeddings before the text, or a suffix."""
+        if self.config.prompt_position == "suffix":
+            return SuffixPrompt(self.prompt())
+        return self.prompt()
+
     def prefix_fn(self) -> PrefixFn:
         """The current soft prompt."""
-        return self.prompt
+        return self.placed_prompt
 
     def save(self, folder: Path) -> None:
         """Save as a peft adapter folder (loadable with PeftModel.from_pretrained)."""
@@ -103,7 +146,67 @@ class SoftPromptMethod(Method):
     def logits(self, batch: Batch, prompted: bool = True) -> torch.Tensor:
         """Answer-position logits with or without the soft prompt."""
         with self.lm.autocast():
-            return answer_logits(self.lm.model, batch, self.prompt() if prompted else None)
+            return answer_logits(self.lm.model, batch, self.placed_prompt() if prompted else None)
+
+    def logits_pair(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompted answer logits, and the unprompted ones where the pass gave them free (a suffix)."""
+        with self.lm.autocast():
+            if self.text_cache and all(i in self.text_cache for i in batch.index):
+                rows = [self.text_cache[i] for i in batch.index]
+                model = self.lm.model
+                cache = cache_of_rows(model, [r[0] for r in rows], batch.attention_mask.shape[1])
+                out = suffix_over(
+                    model, batch.attention_mask, cache, self.placed_prompt(), **last_logits_only(model)
+                )
+                return out.logits[:, -1:].float(), torch.stack([r[1] for r in rows])
+            return answer_logits_pair(self.lm.model, batch, self.placed_prompt())
+
+    def prepare(self, items) -> None:
+        """Suffix prompts: each row's text states and unprompted answer, computed once (the frozen model
+        never changes them) in fixed length-sorted batches, so a resumed run sees the same values."""
+        c, model = self.config, self.lm.model
+        if c.prompt_position != "suffix" or c.text_cache_mb == 0 or not uses_text_cache(model):
+            return
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        per_token = 2 * config.num_hidden_layers * heads * head_dim * 4
+        size = sum(len(it.prompt) for it in items) * per_token + len(items) * config.vocab_size * 4
+        if size > c.text_cache_mb * 2**20:
+            warn(
+                f"suffix prompt: the text states of {len(items)} rows need {size / 2**20:.0f} MB, over "
+                f"text_cache_mb {c.text_cache_mb}: the text is recomputed at every step"
+            )
+            return
+        lengths = [len(it.prompt) for it in items]
+        with progress_bar("text states", total=len(items)) as advance:
+            for chunk in length_sorted_batches(lengths, 32):
+                batch = self.encoder.batch(
+                    [items[i].prompt for i in chunk], [items[i].answer for i in chunk], chunk
+                )
+                batch = batch.to(self.lm.device)
+                with torch.no_grad(), self.lm.autocast():
+                    out = text_states(model, batch, **last_logits_only(model))
+                layers = row_states(out)
+                if layers is None:
+                    self.text_cache.clear()
+                    return
+                for row, i in enumerate(chunk):
+                    n = int(batch.attention_mask[row].sum())
+                    states = [(k[row, :, -n:].clone(), v[row, :, -n:].clone()) for k, v in layers]
+                    self.text_cache[i] = (states, out.logits[row, -1:].float().clone())
+                advance(len(chunk))
+
+
+def check_suffix_words(verbalizer: Verbalizer, generic: Verbalizer | None) -> None:
+    """A suffix prompt sits right before the answer's first token: every answer word must be one token."""
+    for words in (verbalizer, generic):
+        if words is not None and not words.single_token:
+            long = [w for w, t in zip(words.words, words.token_ids, strict=True) if len(t) > 1]
+            raise SpulError(
+                f"prompt_position suffix needs one-token answer words; {', '.join(map(repr, long))} "
+                "take several tokens with this tokenizer: use prompt_position prefix or other words"
+            )
 
 
 def load_prompt_encoder(lm, folder: Path) -> PeftModel:
@@ -156,11 +259,20 @@ class PromptKind(ArtifactKind):
 
     def attach(self, lm: LoadedModel, folder: Path, template: Template, verbalizer: Verbalizer) -> Attached:
         """The prompt's embeddings and key/value states, computed once for every query."""
+        from spul.artifacts import read_manifest
+
         peft = load_prompt_encoder(lm, folder)
+        options = read_manifest(folder).get("hyperparameters", {}).get("method", {})
+        position = options.get("prompt_position", "prefix")
+        if position not in PROMPT_POSITIONS:
+            raise SpulError(f"{folder}: unknown prompt_position {position!r} in spul.json")
         with torch.no_grad(), lm.autocast():
             # The prompt is fixed at inference: its embeddings and its key/value states in every layer
             # are computed once here and reused by every query (None where the model cannot share them).
             prompt = peft.get_prompt(batch_size=1)[0].detach()
+            if position == "suffix":
+                check_suffix_words(verbalizer, None)
+                return Attached(prompt=SuffixPrompt(prompt))
             states = prefix_kv(lm.model, prompt)
         if lm.autocast_dtype is not None:
             # serving only reads the frozen weights: cast them once instead of at every query

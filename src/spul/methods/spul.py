@@ -92,7 +92,8 @@ class Spul(SoftPromptMethod):
     def loss(self, batch: TrainBatch):
         """The three SPUL terms; each averaged over the forget or retain rows of the batch."""
         forget, retain = batch.is_forget, ~batch.is_forget
-        logits = self.logits(batch.batch)
+        # a suffix prompt's pass also gives the unprompted logits (the exact KL reference) for free
+        logits, unprompted = self.logits_pair(batch.batch)
         targets = batch.batch.targets
         nll = answer_nll(logits, targets)
         if self.config.forget_loss == "set" and forget.any():
@@ -102,7 +103,10 @@ class Spul(SoftPromptMethod):
         loss_r = masked_mean(nll, retain)
         loss_kl = logits.sum() * 0.0
         if self.config.beta > 0 and retain.any():
-            loss_kl = self._kl(logits[retain], batch.batch.select(retain)).mean()
+            if unprompted is not None:
+                loss_kl = answer_kl(logits[retain], unprompted[retain], batch.batch.targets[retain]).mean()
+            else:
+                loss_kl = self._kl(logits[retain], batch.batch.select(retain)).mean()
         total = loss_f + self.config.alpha * loss_r + self.config.beta * loss_kl
         return total, {
             "loss": total.item(),
