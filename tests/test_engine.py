@@ -187,3 +187,29 @@ def test_frozen_linears_cast_once_give_autocast_results():
     assert embedding is lm.model.get_input_embeddings().weight
     after = score(lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False)
     np.testing.assert_array_equal(before.logprobs, after.logprobs)
+
+
+def test_suffix_scores_with_and_without_equal_two_separate_calls(tiny_lm):
+    """One pass for a suffix prompt gives the prompted scores and the unprompted ones, as two calls do."""
+    from spul.engine import SuffixPrompt, score_with_and_without
+
+    template = Template()
+    encoder = Encoder(tiny_lm.tokenizer, template)
+    ids = tiny_lm.tokenizer(" a b", add_special_tokens=False).input_ids
+    words = tuple(tiny_lm.tokenizer.decode([t]).strip() for t in ids[:2])
+    verbalizer = Verbalizer.build(tiny_lm.tokenizer, words, template)
+    assert verbalizer.single_token
+    suffix = torch.randn(3, tiny_lm.model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    prompt = SuffixPrompt(suffix)
+    both = score_with_and_without(
+        tiny_lm, encoder, verbalizer, TEXTS, LABELS, lambda: prompt, batch_size=3, show_progress=False
+    )
+    apart = (
+        score(tiny_lm, encoder, verbalizer, TEXTS, LABELS, prefix_fn=lambda: prompt, show_progress=False),
+        score(tiny_lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False),
+    )
+    for got, want in zip(both, apart, strict=True):
+        np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+        np.testing.assert_array_equal(got.predicted, want.predicted)
+        np.testing.assert_allclose(got.loss, want.loss, atol=1e-5)
+    assert np.abs(both[0].logprobs - both[1].logprobs).max() > 1e-4  # the prompt matters

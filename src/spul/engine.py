@@ -382,11 +382,53 @@ def _score_single(lm, encoder, verbalizer, prompts, index, prefix, predicted, lo
     batch = encoder.batch(prompts, [verbalizer.token_ids[0]] * len(prompts), index).to(lm.device)
     with lm.autocast():
         logits = answer_logits(lm.model, batch, prefix, share_prefix=False)[:, -1]
+    _fill_single(logits, verbalizer, index, predicted, logprobs)
+
+
+def _fill_single(logits, verbalizer, index, predicted, logprobs) -> None:
+    """Label log-probs and the greedy answer (a label word or OTHER) from last-position logits."""
     word_ids = torch.tensor([t[0] for t in verbalizer.token_ids], device=logits.device)
     logprobs[index] = torch.log_softmax(logits, -1)[:, word_ids].double().cpu().numpy()
     top = logits.argmax(-1)
     hit = top.unsqueeze(1) == word_ids.unsqueeze(0)  # [B, K]
     predicted[index] = torch.where(hit.any(1), hit.int().argmax(1), OTHER).cpu().numpy()
+
+
+@torch.no_grad()
+def score_with_and_without(
+    lm: LoadedModel,
+    encoder: Encoder,
+    verbalizer: Verbalizer,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    prefix_fn: PrefixFn,
+    *,
+    batch_size: int = 32,
+    description: str = "scoring",
+    show_progress: bool = True,
+) -> tuple[Scores, Scores]:
+    """(scores with the soft prompt, scores without it). A suffix prompt gets both from one pass over the
+    texts (the prompt runs over the text's cached states); otherwise this is two `score` calls."""
+    prompt = shared_prefix(lm, prefix_fn)
+    if not (isinstance(prompt, SuffixPrompt) and verbalizer.single_token and uses_text_cache(lm.model)):
+        common = {"batch_size": batch_size, "description": description, "show_progress": show_progress}
+        with_prompt = score(lm, encoder, verbalizer, texts, labels, prefix_fn=prefix_fn, **common)
+        return with_prompt, score(lm, encoder, verbalizer, texts, labels, **common)
+    n, k = len(texts), len(verbalizer)
+    out = [(np.full(n, OTHER, dtype=np.int64), np.zeros((n, k), dtype=np.float64)) for _ in range(2)]
+    prompts = encoder.encode(texts)
+    with progress_bar(description, total=n, enabled=show_progress) as advance:
+        for index in length_sorted_batches([len(p) for p in prompts], batch_size):
+            chosen = [prompts[i] for i in index]
+            batch = encoder.batch(chosen, [verbalizer.token_ids[0]] * len(chosen), index).to(lm.device)
+            with lm.autocast():
+                prompted, plain = answer_logits_pair(lm.model, batch, prompt)
+            for logits, (predicted, logprobs) in zip((prompted, plain), out, strict=True):
+                _fill_single(logits[:, -1], verbalizer, index, predicted, logprobs)
+            advance(len(index))
+    rows = np.arange(n)
+    truth = np.asarray(labels, dtype=np.int64)
+    return tuple(Scores(pred, lp, -lp[rows, truth] if n else np.zeros(0)) for pred, lp in out)
 
 
 def _score_multi(lm, encoder, verbalizer, prompts, index, prefix, predicted, logprobs) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from spul.data.splits import SPLITS, UnlearningData
-from spul.engine import PrefixFn, score
+from spul.engine import PrefixFn, score, score_with_and_without
 from spul.metrics import split_metrics
 from spul.models import LoadedModel, load_model
 from spul.prompting import Encoder, Template, Verbalizer
@@ -48,6 +48,38 @@ def evaluate(
     return table
 
 
+def evaluate_with_and_without(
+    lm: LoadedModel,
+    data: UnlearningData,
+    prefix_fn: PrefixFn,
+    *,
+    template: Template | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """(table with the soft prompt, table of the same model without it): one pass for a suffix prompt."""
+    template = template or Template()
+    encoder = Encoder(lm.tokenizer, template)
+    verbalizer = Verbalizer.build(lm.tokenizer, data.label_words, template)
+    tables: tuple[dict, dict] = ({}, {})
+    for name in SPLITS:
+        split = data[name]
+        pair = score_with_and_without(
+            lm,
+            encoder,
+            verbalizer,
+            split.texts,
+            split.labels,
+            prefix_fn,
+            batch_size=batch_size,
+            description=name,
+            show_progress=show_progress,
+        )
+        for table, scores in zip(tables, pair, strict=True):
+            table[name] = split_metrics(split.labels, scores.predicted, len(verbalizer), scores.logprobs)
+    return tables
+
+
 def compare(
     unlearned: Any,
     data: UnlearningData,
@@ -62,11 +94,18 @@ def compare(
     `load_options` (device, precision, device_map) load the other two models."""
     spec = unlearned.manifest["base_model"]["spec"]
     template, show = unlearned.template, show_progress
-    rows = {title: unlearned.evaluate(data, batch_size=batch_size, show_progress=show)}
     finetuned = unlearned.finetuned_reference(
         lambda base, adapter: load_model(base, adapter=adapter, **load_options)
     )
-    if finetuned is not None:
+    rows = {}
+    if finetuned is unlearned.lm and unlearned.prompt is not None and unlearned.plain_encoder:
+        # a soft prompt over the fine-tuned model itself: both rows from one pass where it can
+        rows[title], rows["Fine-tuned"] = evaluate_with_and_without(
+            finetuned, data, unlearned.prefix_fn, template=template, batch_size=batch_size, show_progress=show
+        )
+    else:
+        rows[title] = unlearned.evaluate(data, batch_size=batch_size, show_progress=show)
+    if finetuned is not None and "Fine-tuned" not in rows:
         rows["Fine-tuned"] = evaluate(
             finetuned, data, template=template, batch_size=batch_size, show_progress=show
         )

@@ -15,7 +15,7 @@ import torch
 
 from spul.artifacts import read_manifest
 from spul.data.splits import UnlearningData
-from spul.engine import PrefixKV, score
+from spul.engine import PrefixKV, SuffixPrompt, score
 from spul.evaluation import evaluate
 from spul.methods import get_kind
 from spul.methods.kinds import base_adapter_of
@@ -43,8 +43,9 @@ class Unlearned:
         self.template = Template(**manifest["template"])
         self.verbalizer = Verbalizer.build(lm.tokenizer, manifest["label_words"], self.template)
         attached = self.artifact_kind.attach(lm, self.folder, self.template, self.verbalizer)
+        self.plain_encoder = attached.encoder is None  # the template alone, no demonstrations
         self.encoder = attached.encoder or Encoder(lm.tokenizer, self.template)
-        self.prompt: torch.Tensor | None = attached.prompt
+        self.prompt: torch.Tensor | SuffixPrompt | None = attached.prompt
         self.prompt_states: PrefixKV | None = attached.prompt_states
 
     def prefix_fn(self) -> torch.Tensor | PrefixKV | None:

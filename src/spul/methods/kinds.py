@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from spul.artifacts import check_base_model, model_fingerprint
-from spul.engine import PrefixKV
+from spul.engine import PrefixKV, SuffixPrompt
 from spul.errors import SpulError
 from spul.models import LoadedModel, load_model
 from spul.prompting import Encoder, Template, Verbalizer
@@ -25,7 +25,7 @@ class Attached:
     """What an artifact puts on its loaded model at inference (None: nothing of that)."""
 
     encoder: Encoder | None = None  # replaces the plain template's encoder (in-context demonstrations)
-    prompt: torch.Tensor | None = None  # soft-prompt embeddings, [p, hidden]
+    prompt: torch.Tensor | SuffixPrompt | None = None  # soft-prompt embeddings [p, hidden], or a suffix
     prompt_states: PrefixKV | None = None  # their key/value states in every layer, computed once
 
 
