@@ -126,3 +126,45 @@ def toy_dir(tmp_path, toy) -> Path:
             writer.writerow(["text", "label"])
             writer.writerows(zip(split.texts, split.labels, strict=True))
     return folder
+
+
+def hashing_embedder(texts, dim: int = 64):
+    """A fake sentence embedder for gate tests: each word (letters only) adds one to a bucket chosen by its
+    crc32."""
+    import zlib
+
+    import numpy as np
+
+    vectors = np.zeros((len(texts), dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in filter(str.isalpha, text.lower().split()):
+            vectors[row, zlib.crc32(word.encode("utf-8")) % dim] += 1.0
+    return vectors
+
+
+@pytest.fixture
+def fake_embedder(monkeypatch) -> str:
+    """The name of a registered fake gate embedder (`hashing_embedder`), removed after the test."""
+    from spul.guardrails import EMBEDDERS
+
+    monkeypatch.setitem(EMBEDDERS, "test-hashing", lambda: hashing_embedder)
+    return "test-hashing"
+
+
+class WordFinder:
+    """Stands in for spaCy in `KeywordFilter.derive`: every whitespace-separated word is a candidate name."""
+
+    method = "test"
+
+    def fit(self, forget, retain, ratio=10.0):
+        from collections import Counter
+
+        def df(texts):
+            counts = Counter()
+            for text in texts:
+                counts.update(set(text.split()))
+            return counts
+
+        f, r = df(forget), df(retain)
+        self.lexicon = {w for w in f if len(w) > 2 and f[w] / len(forget) > ratio * r[w] / len(retain)}
+        return self

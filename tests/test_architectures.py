@@ -7,6 +7,8 @@ import torch
 from architectures import ARCHITECTURES, SLIDING, WINDOW, make_lm
 
 from spul import engine
+from spul.errors import SpulError
+from spul.forward import sliding_window
 from spul.pipeline import load_unlearned, train_artifact
 from spul.prompting import Encoder, Template, Verbalizer
 from spul.training import TrainConfig
@@ -84,8 +86,8 @@ def test_sliding_window_exact_with_eager_attention(name):
 
 
 def test_sliding_models_are_the_sliding_ones():
-    assert all(engine._sliding_window(make_lm(n).model)[0] == WINDOW for n in SLIDING)
-    assert engine._sliding_window(make_lm("llama").model)[0] is None
+    assert all(sliding_window(make_lm(n).model)[0] == WINDOW for n in SLIDING)
+    assert sliding_window(make_lm("llama").model)[0] is None
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -140,5 +142,5 @@ def test_suffix_prompt_equals_rows_alone(name):
                     torch.testing.assert_close(plain[row, -1], expected[-1], atol=1e-4, rtol=0)
         assert (got[:, -1] - torch.stack(plain_want)[:, -1]).abs().max() > 1e-3  # the prompt matters
         two = encoder.batch(prompts, [(5, 6)] * len(prompts), list(range(len(prompts))))
-        with pytest.raises(engine.SpulError, match="one-token answer"):
+        with pytest.raises(SpulError, match="one-token answer"):
             engine.answer_logits(lm.model, two, engine.SuffixPrompt(suffix))

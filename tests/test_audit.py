@@ -256,7 +256,9 @@ def test_probe_accuracy_rescores_only_changed_rows(toy, monkeypatch):
         return Scores(np.array(predicted), np.zeros((len(texts), 2)), np.zeros(len(texts)))
 
     monkeypatch.setattr(audit_report, "score", fake_score)
-    unlearned = type("U", (), {"lm": None, "encoder": None, "verbalizer": ("negative", "positive")})()
+    unlearned = type(
+        "U", (), {"lm": None, "encoder": None, "verbalizer": ("negative", "positive"), "guard": None}
+    )()
     unlearned.prefix_fn = lambda: None
     finder = EntityFinder(method="capitalised-heuristic", lexicon={"sandler"})
     table = audit_report.probe_table(unlearned, toy, finder, ("train_forget", "test_retain"), 8, False)

@@ -4,7 +4,9 @@
 Each row gets a score whose rise means "forgotten": for the methods that teach forget rows a generic word
 (SPUL, RL) the log-odds of a generic answer over a label answer; for the rest -log P(true label). The mean
 change on the forget rows must exceed the mean change on the retain rows by a clear margin, so swapping
-the forget/retain flags anywhere on the way from the data to the loss fails these tests.
+the forget/retain flags anywhere on the way from the data to the loss fails these tests. The guards
+(filter, gate) train nothing: every forget row must get the generic answer and every retain row the
+untouched model's, so a swap there fails too.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_lm
+from conftest import WordFinder, make_tiny_lm
 
+from spul.audit.probes import EntityFinder
 from spul.data.splits import Split, UnlearningData
 from spul.engine import score
+from spul.guardrails import apply_guard
 from spul.methods import METHODS
 from spul.models import load_model
 from spul.pipeline import load_unlearned, train_artifact
@@ -39,6 +43,8 @@ CASES = {
     "retrain": ("true_loss", {"r": 4}, 3e-3),
     "finetune": ("learns_all", {"r": 4}, 3e-3),
     "icul": ("context", {}, 0.0),
+    "filter": ("guard", {}, 0.0),  # names derived from the forget rows (WordFinder stands in for spaCy)
+    "gate": ("guard", {"embedder": "test-hashing"}, 0.0),  # the fake embedder of conftest
 }
 
 
@@ -62,15 +68,19 @@ def tagged_data() -> UnlearningData:
     return UnlearningData({name: split(name, texts) for name, texts in parts.items()}, name="tagged")
 
 
-def row_scores(lm, encoder, prefix_fn, data: UnlearningData, split_name: str) -> dict[str, np.ndarray]:
-    """Per row: log P(true label word), and log-odds of a generic word over a label word."""
+def row_scores(
+    lm, encoder, prefix_fn, data: UnlearningData, split_name: str, guard=None
+) -> dict[str, np.ndarray]:
+    """Per row: log P(true label word), and log-odds of a generic word over a label word (label words
+    answered through `guard` when given)."""
     part = data[split_name]
     found = {}
     for key, words in (("label", data.label_words), ("generic", data.generic_words)):
         verbalizer = Verbalizer.build(lm.tokenizer, words, TEMPLATE)
-        found[key] = score(
+        scores = score(
             lm, encoder, verbalizer, part.texts, part.labels, prefix_fn=prefix_fn, show_progress=False
-        ).logprobs
+        )
+        found[key] = apply_guard(scores, part.texts, guard if key == "label" else None).logprobs
     true = found["label"][np.arange(len(part)), part.labels]
     odds = np.logaddexp.reduce(found["generic"], axis=1) - np.logaddexp.reduce(found["label"], axis=1)
     return {"true_loss": -true, "generic": odds, "true_logp": true}
@@ -108,7 +118,7 @@ def unlearn(name, folder, data, out):
     return load_unlearned(out, device="cpu", precision="fp32")
 
 
-@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[0] != "context"])
+@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[0] not in ("context", "guard")])
 def test_training_moves_forget_rows_not_retain_rows(setup, tmp_path, name):
     folder, data, before = setup
     goal = CASES[name][0]
@@ -143,3 +153,22 @@ def test_icul_puts_each_forget_row_before_itself_and_no_retain_row(setup, tmp_pa
     assert [seen(t) for t in data.train_retain.texts] == [1] * len(data.train_retain)  # the query only
     plain = Encoder(tokenizer, TEMPLATE)
     assert unlearned.encoder.encode(data.test_retain.texts) != plain.encode(data.test_retain.texts)
+
+
+@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[0] == "guard"])
+def test_guards_answer_forget_rows_generic_and_retain_rows_as_before(
+    setup, tmp_path, monkeypatch, fake_embedder, name
+):
+    monkeypatch.setattr(EntityFinder, "create", staticmethod(WordFinder))
+    folder, data, before = setup
+    unlearned = unlearn(name, folder, data, tmp_path / name)
+    after = {
+        s: row_scores(unlearned.lm, unlearned.encoder, unlearned.prefix_fn(), data, s, unlearned.guard)
+        for s in ("train_forget", "train_retain")
+    }
+    uniform = np.log(1 / len(data.label_words))
+    assert np.allclose(after["train_forget"]["true_logp"], uniform), f"{name}: a forget row got through"
+    assert not np.allclose(before["train_forget"]["true_logp"], uniform)  # so the guard changed them
+    assert np.array_equal(after["train_retain"]["true_logp"], before["train_retain"]["true_logp"]), (
+        f"{name}: a retain row was answered generic"
+    )

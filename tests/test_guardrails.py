@@ -1,37 +1,35 @@
-"""Guardrail baselines: the keyword filter derived from the forget set and the embedding gate."""
+"""Guardrail baselines: the keyword filter derived from the forget set and the embedding gate, and both
+as methods (`filter`, `gate`): saved, loaded, evaluated, predicting, audited and served."""
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from conftest import WordFinder, hashing_embedder
 
+from spul.audit import report as audit_report
+from spul.audit.probes import EntityFinder
+from spul.engine import OTHER, Scores
 from spul.errors import SpulError
-from spul.guardrails import EmbeddingGate, KeywordFilter
-
-
-class _Finder:
-    """Stands in for spaCy: every word is a candidate name."""
-
-    method = "test"
-
-    def fit(self, forget, retain, ratio=10.0):
-        from collections import Counter
-
-        def df(texts):
-            c = Counter()
-            for t in texts:
-                c.update(set(t.split()))
-            return c
-
-        f, r = df(forget), df(retain)
-        self.lexicon = {w for w in f if len(w) > 2 and f[w] / len(forget) > ratio * r[w] / len(retain)}
-        return self
+from spul.evaluation import compare, evaluate
+from spul.guardrails import EmbeddingGate, Guard, KeywordFilter, TextGate, apply_guard
+from spul.methods import get_method, resolve_options
+from spul.methods.guard import load_guard, with_forget_rule
+from spul.models import load_model
+from spul.pipeline import load_unlearned, train_artifact
+from spul.prompting import Encoder, Template, Verbalizer
+from spul.serve import prompt_loader
+from spul.serve.prompt import check_manifest
+from spul.training import TrainConfig
 
 
 def test_filter_keeps_forget_names_and_matches_whole_words():
     forget = ["sandler is funny", "a sandler film", "spielberg at his best"]
     retain = ["a funny film", "at his best", "the film is bleak"] * 5
-    rule = KeywordFilter.derive(forget, retain, finder=_Finder())
+    rule = KeywordFilter.derive(forget, retain, finder=WordFinder())
     assert {"sandler", "spielberg"} <= set(rule.keywords)
     assert "film" not in rule.keywords  # as common in retain: never a keyword
     flags = rule.flags(["Sandler's new one", "sandlerish", "a film", "SPIELBERG!"])
@@ -68,3 +66,275 @@ def test_gate_separates_and_thresholds_on_training_rows_only(tmp_path):
 def test_gate_needs_rows_of_both_kinds():
     with pytest.raises(SpulError, match="at least"):
         EmbeddingGate.fit(np.zeros((2, 4)), np.ones((50, 4)))
+
+
+# ---- the guard at inference: one rule for every scoring path -----------------------------------------
+
+
+def test_apply_guard_gives_flagged_rows_the_generic_answer_and_leaves_the_rest():
+    scores = Scores(np.array([1, 0, OTHER]), np.log([[0.1, 0.9], [0.8, 0.2], [0.3, 0.3]]), np.ones(3))
+    texts = ["a sandler film", "a film", "SANDLER!"]
+    guarded = apply_guard(scores, texts, Guard(KeywordFilter(("sandler",))))
+    assert guarded.predicted.tolist() == [OTHER, 0, OTHER]
+    assert np.allclose(guarded.logprobs[[0, 2]], np.log(0.5)) and np.allclose(guarded.loss[[0, 2]], np.log(2))
+    assert np.array_equal(guarded.logprobs[1], scores.logprobs[1]) and guarded.loss[1] == 1.0
+    assert scores.predicted.tolist() == [1, 0, OTHER]  # the input is not changed
+    assert apply_guard(scores, texts, None) is scores
+    with pytest.raises(SpulError, match="unknown guard action 'prompt'"):
+        Guard(KeywordFilter(("sandler",)), action="prompt")
+
+
+def test_text_gate_embeds_then_flags():
+    forget = [f"w{i} sandler" for i in range(8)]
+    retain = [f"w{i} acting" for i in range(8)]
+    gate = EmbeddingGate.fit(hashing_embedder(forget), hashing_embedder(retain))
+    rule = TextGate(gate, hashing_embedder)
+    assert rule.flags(["new sandler", "new acting"]).tolist() == [True, False]
+    assert rule.flags([]).tolist() == []
+
+
+# ---- the methods' options --------------------------------------------------------------------------
+
+
+def test_filter_takes_the_forget_rule_and_refuses_bad_rules():
+    rule = resolve_options("filter", {"keywords": "de niro,sandler"}).rule()
+    assert rule.flags(["with De  Niro", "sandlerish", "Sandler's"]).tolist() == [True, False, True]
+    assert resolve_options("filter", {"regex": "sand"}).rule().flags(["sandlerish"]).tolist() == [True]
+    assert resolve_options("filter", {}).rule() is None  # names are derived from the forget rows
+    with pytest.raises(SpulError, match="a regex or keywords, not both"):
+        resolve_options("filter", {"regex": "x", "keywords": "y"})
+    with pytest.raises(SpulError, match="filter: invalid forget regex"):
+        resolve_options("filter", {"regex": "("})
+    with pytest.raises(SpulError, match="filter: ratio must be positive"):
+        resolve_options("filter", {"ratio": 0})
+
+
+def test_the_run_forget_rule_is_the_filter_default():
+    filter_method, ga = get_method("filter"), get_method("ga")
+    assert with_forget_rule(filter_method, {}, "sandler", None) == {"regex": "sandler"}
+    assert with_forget_rule(filter_method, {"ratio": 2.0}, None, "a,b") == {"keywords": "a,b", "ratio": 2.0}
+    assert with_forget_rule(filter_method, {"keywords": ["x"]}, "sandler", None) == {"keywords": ["x"]}
+    assert with_forget_rule(filter_method, {}, None, None) == {}
+    assert with_forget_rule(ga, {"lora": True}, "sandler", None) == {"lora": True}
+
+
+def test_gate_options_and_row_counts_are_checked(tiny_lm, fake_embedder):
+    with pytest.raises(SpulError, match="gate: unknown embedder 'nope'"):
+        resolve_options("gate", {"embedder": "nope"})
+    with pytest.raises(SpulError, match="folds must be at least 2"):
+        resolve_options("gate", {"folds": 1})
+    method = make_method(tiny_lm, "gate", embedder=fake_embedder)
+    texts = [f"w{i} sandler" for i in range(3)] + [f"w{i} acting" for i in range(20)]
+    with pytest.raises(SpulError, match=r"gate: needs at least 5 forget and 5 retain .*\(got 3 and 20\)"):
+        method.items(texts, [0] * len(texts), [True] * 3 + [False] * 20, seed=0)
+    with pytest.raises(SpulError, match="gate: there are no forget rows"):
+        method.items(texts[3:], [0] * 20, [False] * 20, seed=0)
+
+
+def test_filter_without_names_in_the_forget_rows_says_how_to_give_a_rule(tiny_lm, monkeypatch):
+    class NoNames(WordFinder):
+        def fit(self, forget, retain, ratio=10.0):
+            self.lexicon = set()
+            return self
+
+    monkeypatch.setattr(EntityFinder, "create", staticmethod(NoNames))
+    method = make_method(tiny_lm, "filter")
+    with pytest.raises(SpulError, match="found no name words .* --filter-regex or --filter-keywords"):
+        method.items(["a sandler film", "a film"], [0, 1], [True, False], seed=0)
+
+
+def make_method(lm, name, **options):
+    template = Template()
+    encoder = Encoder(lm.tokenizer, template)
+    verbalizer = Verbalizer.build(lm.tokenizer, ("negative", "positive"), template)
+    generic = Verbalizer.build(lm.tokenizer, ("neutral", "unknown"), template)
+    return get_method(name)(lm, encoder, verbalizer, generic, **options)
+
+
+# ---- saved, loaded, evaluated, predicting -----------------------------------------------------------
+
+
+@pytest.fixture
+def guard_artifact(tmp_path, tiny_model_dir, toy, monkeypatch, fake_embedder):
+    """A function training `filter` (names derived by WordFinder) or `gate` (the fake embedder) on toy."""
+    monkeypatch.setattr(EntityFinder, "create", staticmethod(WordFinder))
+
+    def make(name):
+        lm = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
+        options = {"embedder": fake_embedder} if name == "gate" else {}
+        out = tmp_path / name
+        config = TrainConfig(**get_method(name).training_defaults(options))
+        manifest = train_artifact(
+            name, lm, toy, out, method_options=options, config=config, show_progress=False
+        )
+        return out, manifest
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "name,files", [("filter", ["filter.json"]), ("gate", ["gate.json", "gate.safetensors"])]
+)
+def test_guard_artifacts_answer_forget_rows_generic_and_retain_rows_as_the_model(
+    guard_artifact, toy, name, files
+):
+    out, manifest = guard_artifact(name)
+    assert manifest["kind"] == "guard" and manifest["trainable_parameters"] == 0
+    assert all((out / f).is_file() for f in ["guard.json", *files])
+    assert json.loads((out / "guard.json").read_text())["action"] == "generic"
+    if name == "filter":
+        assert "sandler" in json.loads((out / "filter.json").read_text())["keywords"]
+
+    unlearned = load_unlearned(out, device="cpu", precision="fp32")
+    assert unlearned.kind == "guard" and unlearned.guard is not None and unlearned.prompt is None
+    table = unlearned.evaluate(toy, show_progress=False)
+    assert table == manifest["metrics"]
+    plain = evaluate(unlearned.lm, toy, show_progress=False)
+    flags = {split: unlearned.guard.flags(toy[split].texts) for split in toy.splits}
+    assert flags["train_forget"].all() and flags["test_forget"].mean() >= 0.9  # gate: 11 of 12 test rows
+    assert not flags["train_retain"].any() and not flags["test_retain"].any()
+    forget = table["train_forget"]
+    assert forget["other"] == 100.0 and forget["acc"] == 0.0
+    assert forget["margin_auc"] == 0.5  # uniform label log-probs: nothing about the label leaks
+    assert table["train_retain"] == plain["train_retain"] and table["test_retain"] == plain["test_retain"]
+    rows = compare(unlearned, toy, title="Guard", show_progress=False, device="cpu", precision="fp32")
+    assert list(rows) == ["Vanilla", "Guard"] and rows["Guard"] == table and rows["Vanilla"] == plain
+
+    forget, retain = toy.train_forget.texts[:3], toy.test_retain.texts[:3]
+    answers = unlearned.predict(forget + retain)
+    assert answers[:3] == [{"label": "other", "probabilities": {"negative": 0.5, "positive": 0.5}}] * 3
+    guard, unlearned.guard = unlearned.guard, None
+    assert answers[3:] == unlearned.predict(retain)  # unflagged: the model's own answers
+    unlearned.guard = guard
+
+
+def test_a_guard_artifact_is_served(guard_artifact, toy):
+    out, manifest = guard_artifact("filter")
+    check_manifest(manifest, "filter")  # an unlearning artifact of a registered kind
+    served = prompt_loader(out, device="cpu", precision="fp32")(None, None)
+    answers, info = served.predict([toy.test_forget.texts[0], toy.test_retain.texts[0]], batch_size=4)
+    assert info["kind"] == "guard" and info["method"] == "filter"
+    assert answers[0]["label"] == "other" and answers[0]["probabilities"]["negative"] == 0.5
+
+
+def test_a_broken_guard_artifact_is_refused_clearly(guard_artifact):
+    out, _ = guard_artifact("filter")
+    (out / "guard.json").write_text(json.dumps({"format": "spul-guard/1", "rule": "nope"}))
+    with pytest.raises(SpulError, match="unknown rule 'nope'"):
+        load_guard(out)
+    (out / "guard.json").write_text(json.dumps({"format": "spul-guard/1", "rule": "filter", "action": "x"}))
+    with pytest.raises(SpulError, match="unknown guard action 'x'"):
+        load_guard(out)
+    (out / "guard.json").unlink()
+    with pytest.raises(SpulError, match="without a readable guard.json"):
+        load_guard(out)
+
+
+# ---- the audit goes through the guard ---------------------------------------------------------------
+
+
+def test_audit_probes_and_membership_stats_go_through_the_guard(toy, monkeypatch):
+    def fake_score(lm, encoder, verbalizer, texts, labels, **kwargs):  # a model that remembers every row
+        return Scores(np.array(labels), np.zeros((len(texts), 2)), np.zeros(len(texts)))
+
+    monkeypatch.setattr(audit_report, "score", fake_score)
+    guard = Guard(KeywordFilter(("sandler",)))
+    unlearned = SimpleNamespace(lm=None, encoder=None, verbalizer=("negative", "positive"), guard=guard)
+    unlearned.prefix_fn = lambda: None
+    finder = EntityFinder(method="capitalised-heuristic", lexicon={"sandler"})
+    table = audit_report.probe_table(unlearned, toy, finder, ("train_forget", "test_retain"), 8, False)
+    assert table["none"]["train_forget"]["other"] == 100.0 and table["none"]["test_retain"]["acc"] == 100.0
+    assert table["entity_removed"]["train_forget"]["acc"] == 100.0  # no name left: the filter lets it by
+
+    stats = [
+        audit_report.TokenStats(np.array([-1.0, -2.0]), np.zeros(2), np.ones(2), -1.0, -3.0, t)
+        for t in ("a sandler", "a film")
+    ]
+    flagged, kept = audit_report.guarded_stats(stats, ["a sandler", "a film"], guard, 2)
+    assert flagged.label_logprob == -np.log(2) and flagged.text == "" and kept is stats[1]
+    assert (
+        audit_report.model_labels(False, guarded=True)["fine_tuned"] == "the fine-tuned model, guard dropped"
+    )
+
+
+# ---- the command line -------------------------------------------------------------------------------
+
+
+def test_spul_unlearn_method_filter_takes_the_forget_rule_and_gate_its_embedder(
+    tmp_path, tiny_model_dir, toy, fake_embedder
+):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from spul.cli import app
+
+    def invoke(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    raw = {}  # raw train/test files: the forget rule (--regex) decides the forget rows
+    for part in ("train", "test"):
+        raw[part] = tmp_path / f"{part}.csv"
+        with open(raw[part], "w", newline="", encoding="utf-8") as handle:
+            rows = [
+                (t, y)
+                for s in ("retain", "forget")
+                for t, y in zip(toy[f"{part}_{s}"].texts, toy[f"{part}_{s}"].labels, strict=True)
+            ]
+            csv.writer(handle).writerows([("text", "label"), *rows])
+    common = [
+        "--model",
+        tiny_model_dir,
+        "--data",
+        raw["train"],
+        "--test",
+        raw["test"],
+        "--regex",
+        "sandler",
+        "-q",
+    ]
+    result = invoke("unlearn", "--method", "filter", "--out", tmp_path / "filter", *common)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "filter" / "spul.json").read_text())
+    assert manifest["hyperparameters"]["method"]["regex"] == "sandler"  # the run's rule, recorded
+    assert manifest["metrics"]["test_forget"]["other"] == 100.0
+
+    result = invoke("predict", "--prompt", tmp_path / "filter", "a Sandler film")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["label"] == "other"
+
+    result = invoke(
+        "unlearn", "--method", "gate", "--gate-embedder", fake_embedder, "--out", tmp_path / "gate", *common
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "gate" / "gate.safetensors").is_file()
+    result = invoke("unlearn", "--method", "gate", "--filter-regex", "x", "--out", tmp_path / "g2", *common)
+    assert result.exit_code != 0 and "does not take --filter-regex" in result.output
+
+
+def test_gate_with_the_real_minilm_flags_the_forget_topic(tiny_lm):
+    pytest.importorskip("sentence_transformers")
+    forget = [
+        "adam sandler is hilarious in this comedy",
+        "another sandler movie full of cheap jokes",
+        "sandler plays a goofy waterboy",
+        "the new adam sandler film is silly fun",
+        "sandler and his friends goof around again",
+        "a sandler comedy about a golf player",
+    ]
+    retain = [
+        "the cinematography is breathtaking",
+        "a moving documentary about the ocean",
+        "the orchestra score carries every scene",
+        "a slow and bleak war drama",
+        "the animation is gorgeous and witty",
+        "a thriller with a clever plot twist",
+    ]
+    method = make_method(tiny_lm, "gate")  # the default embedder: the packaged all-MiniLM-L6-v2
+    method.items(forget + retain, [0] * 12, [True] * 6 + [False] * 6, seed=0)
+    guard = method.inference_guard()
+    assert guard.rule.gate.embedder_name == "all-MiniLM-L6-v2" and guard.rule.gate.weights.shape == (384,)
+    assert guard.flags(["adam sandler's latest comedy", "a documentary about whales"]).tolist() == [
+        True,
+        False,
+    ]

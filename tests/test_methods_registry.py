@@ -114,6 +114,8 @@ def test_option_names_are_the_config_fields():
         "num_virtual_tokens",
         "encoder_hidden",
         "init_prompt",
+        "prompt_position",
+        "text_cache_mb",
         "alpha",
         "beta",
     }
@@ -137,6 +139,9 @@ RECORDED = [
     ("ga_kl", {"lora": True, "r": 4}, {"lora": True, "r": 4, "lora_alpha": 64, "alpha": 1.0}),
     ("npo", {}, {"lora": False, "npo_beta": 0.1, "alpha": 0.0}),
     ("icul", {}, {"shots": 4, "retain_pool": 1000}),
+    ("filter", {}, {"regex": None, "keywords": None, "ratio": 10.0}),
+    ("filter", {"keywords": "a,b"}, {"regex": None, "keywords": ["a", "b"], "ratio": 10.0}),
+    ("gate", {}, {"embedder": "all-MiniLM-L6-v2", "folds": 5}),
 ]
 
 
@@ -154,6 +159,8 @@ def test_training_defaults_come_from_the_config():
         "finetune": {},
         "retrain": {"epochs": 2, "lr": 1e-4},
         "icul": {"epochs": 0},
+        "filter": {"epochs": 0},
+        "gate": {"epochs": 0},
         **{name: weights for name in ("ga", "rl", "ga_gd", "ga_kl", "npo")},
     }
     assert get_method("ga").training_defaults({"lora": True}) == {"epochs": 1, "lr": 1e-4}
@@ -173,6 +180,8 @@ def test_describe_lists_every_option_with_its_flag_and_default():
     assert text.startswith("spul (prompt): ")
     assert "--p (num_virtual_tokens, int): number of virtual tokens [default: 30]" in text
     assert re.search(r"^ga \(weights\): ", describe(), re.M) and "icul (context)" in describe()
+    assert "filter (guard)" in describe() and "gate (guard)" in describe()
+    assert "--gate-embedder (embedder, str): " in describe("gate")
 
 
 # ---- the artifact kind belongs to the instance ----------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -10,31 +9,20 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from spul.errors import SpulError
+from spul.forward import (
+    cache_argument,
+    last_logits_only,
+    position_masks,
+    returned_cache,
+    takes_logits_to_keep,
+)
 from spul.models import LoadedModel
 from spul.progress import progress_bar
 from spul.prompting import Batch, Encoder, Verbalizer, length_sorted_batches
+from spul.suffix import SuffixPrompt, suffix_forward, uses_text_cache
 
 OTHER = -1  # predicted answer that is no label word
 PrefixFn = Callable[[], "torch.Tensor | PrefixKV | SuffixPrompt"]  # the soft prompt, as embeddings or states
-
-
-def _takes_logits_to_keep(model: PreTrainedModel) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def last_logits_only(model: PreTrainedModel) -> dict[str, int]:
-    """The keyword that limits a forward's logits to the last position, where the model takes it."""
-    return {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
-
-
-def _cache_argument(model: PreTrainedModel) -> str:
-    # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _returned_cache(output):
-    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
 
 
 @dataclass
@@ -57,30 +45,11 @@ class PrefixKV:
         return cache
 
 
-@dataclass
-class SuffixPrompt:
-    """A soft prompt placed after the template, right before the answer (`prompt_position` "suffix").
-
-    Attention is causal, so the text's states do not depend on a prompt after it: the text is read once
-    without gradients (that pass also gives the unprompted answer for free) and only the p prompt
-    positions are run with gradients. Needs one-token answers (the prompt sits between the template and
-    the answer's first token).
-    """
-
-    embeddings: torch.Tensor  # [p, hidden]
-    share_text: bool = True  # False: concatenate it after the text in one pass (the reference way)
-
-    @property
-    def length(self) -> int:
-        """The number of virtual tokens."""
-        return self.embeddings.shape[0]
-
-
 def prefix_kv(model: PreTrainedModel, prefix: torch.Tensor) -> PrefixKV | None:
     """Run the prompt alone once; None where the cache cannot be shared (then the prompt is concatenated)."""
     embeds = prefix.unsqueeze(0).to(model.get_input_embeddings().weight.dtype)
-    kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
-    cache = _returned_cache(model(inputs_embeds=embeds, use_cache=True, **kwargs))
+    kwargs = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
+    cache = returned_cache(model(inputs_embeds=embeds, use_cache=True, **kwargs))
     layers = getattr(cache, "layers", None)
     if layers is None or not all(hasattr(x, "keys") for x in layers):
         return None
@@ -105,49 +74,6 @@ def shared_prefix(
     return prefix
 
 
-def _sliding_window(model: PreTrainedModel) -> tuple[int | None, list[str] | None]:
-    """The model's sliding window and per-layer attention types; (None, _) where no layer slides."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    window = getattr(config, "sliding_window", None)
-    types = getattr(config, "layer_types", None)
-    if window is None or (types is not None and "sliding_attention" not in types):
-        return None, None
-    return int(window), list(types) if types is not None else None
-
-
-def _position_masks(model: PreTrainedModel, mask: torch.Tensor, query_length: int):
-    """Explicit attention masks for a sliding-window model whose rows are [prompt][pad][tokens].
-
-    HF measures the window over cache slots, so the padding between the prompt and the text would push
-    the prompt out of the window sooner than in the row alone. Here keys are allowed by position ids:
-    valid, not after the query and (in sliding layers) fewer than `window` positions before it, which is
-    exactly the row's unpadded attention. None for models without sliding layers (the plain fast path).
-    """
-    window, types = _sliding_window(model)
-    if window is None:
-        return None
-    if model.config._attn_implementation not in ("sdpa", "eager"):
-        raise SpulError(
-            "a soft prompt on a sliding-window model needs attn_implementation 'sdpa' or 'eager', "
-            f"not {model.config._attn_implementation!r}"
-        )
-    positions = mask.cumsum(-1) - 1
-    keys, queries = positions[:, None, :], positions[:, -query_length:, None]
-    causal = mask.bool()[:, None, :] & (keys <= queries)  # [B, Q, K]
-    sliding = causal & (queries - keys < window)
-
-    def as_mask(allowed: torch.Tensor) -> torch.Tensor:
-        if model.config._attn_implementation == "sdpa":
-            return allowed[:, None]
-        dtype = model.get_input_embeddings().weight.dtype
-        zeros = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-    if types is None or set(types) == {"sliding_attention"}:
-        return as_mask(sliding)
-    return {"sliding_attention": as_mask(sliding), "full_attention": as_mask(causal)}
-
-
 def prompted_forward(
     model: PreTrainedModel,
     batch: Batch,
@@ -166,7 +92,7 @@ def prompted_forward(
     `logits_to_keep` positions get logits where the model supports it.
     """
     kwargs = dict(model_kwargs)
-    if _takes_logits_to_keep(model):
+    if takes_logits_to_keep(model):
         kwargs["logits_to_keep"] = logits_to_keep
     if isinstance(prefix, SuffixPrompt):
         return suffix_forward(model, batch, prefix, **kwargs)[0]
@@ -177,8 +103,8 @@ def prompted_forward(
     if isinstance(prefix, PrefixKV):
         mask = torch.cat([mask.new_ones(mask.shape[0], prefix.length), mask], dim=1)
         position_ids = (mask.cumsum(-1) - 1)[:, prefix.length :]
-        kwargs[_cache_argument(model)] = prefix.expand(model, mask.shape[0])
-        masks = _position_masks(model, mask, width)
+        kwargs[cache_argument(model)] = prefix.expand(model, mask.shape[0])
+        masks = position_masks(model, mask, width)
         return model(
             input_ids=batch.input_ids,
             attention_mask=mask if masks is None else masks,
@@ -193,7 +119,7 @@ def prompted_forward(
             prefix = prefix.unsqueeze(0).expand(embeds.shape[0], -1, -1)
         embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
         mask = torch.cat([mask.new_ones(mask.shape[0], prefix.shape[1]), mask], dim=1)
-        masks = _position_masks(model, mask, mask.shape[1])
+        masks = position_masks(model, mask, mask.shape[1])
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return model(
         inputs_embeds=embeds,
@@ -202,99 +128,6 @@ def prompted_forward(
         use_cache=False,
         **kwargs,
     )
-
-
-def _check_suffix_batch(batch: Batch) -> None:
-    if batch.targets.shape[1] != 1:
-        raise SpulError(
-            "a suffix soft prompt needs one-token answer words (the prompt sits right before the answer); "
-            "use prompt_position prefix for multi-token label or generic words"
-        )
-
-
-def text_states(model: PreTrainedModel, batch: Batch, **kwargs):
-    """The model's output on a left-padded batch with its key/value cache, no gradient (a suffix's text)."""
-    mask = batch.attention_mask
-    with torch.no_grad():
-        return model(
-            input_ids=batch.input_ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            use_cache=True,
-            **kwargs,
-        )
-
-
-def row_states(output) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per-layer (keys, values) [B, kv_heads, T, head_dim] of a `text_states` output; None if unreadable."""
-    layers = getattr(_returned_cache(output), "layers", None)
-    if layers is None or not all(getattr(x, "keys", None) is not None for x in layers):
-        return None
-    return [(x.keys, x.values) for x in layers]
-
-
-def cache_of_rows(model: PreTrainedModel, rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int):
-    """A cache of left-padded rows from each row's own per-layer (keys, values) [kv_heads, T_i, head_dim]."""
-    cache = DynamicCache(config=model.config)
-    for layer in range(len(rows[0])):
-        k0 = rows[0][layer][0]
-        keys = k0.new_zeros(len(rows), k0.shape[0], width, k0.shape[-1])
-        values = keys.clone()
-        for i, row in enumerate(rows):
-            k, v = row[layer]
-            keys[i, :, width - k.shape[1] :] = k
-            values[i, :, width - v.shape[1] :] = v
-        cache.update(keys, values, layer)
-    return cache
-
-
-def suffix_over(model: PreTrainedModel, mask: torch.Tensor, cache, suffix: SuffixPrompt, **kwargs):
-    """The soft prompt's p positions over the cached states of the left-padded text rows of `mask`."""
-    rows, p = mask.shape[0], suffix.length
-    prompt = suffix.embeddings.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)
-    positions = mask.sum(-1, keepdim=True) + torch.arange(p, device=mask.device)
-    return model(
-        inputs_embeds=prompt.expand(rows, -1, -1),
-        attention_mask=torch.cat([mask, mask.new_ones(rows, p)], dim=1),
-        position_ids=positions,
-        use_cache=True,
-        **{_cache_argument(model): cache},
-        **kwargs,
-    )
-
-
-def suffix_forward(model: PreTrainedModel, batch: Batch, suffix: SuffixPrompt, **kwargs):
-    """(prompted output, unprompted output or None) of a left-padded batch with a soft prompt after it.
-
-    With `suffix.share_text` (and a model without sliding-window layers) the text is run once with no
-    gradient, its key/value cache kept, and the prompt's p positions run over that cache: the text costs
-    one inference pass and its answer without the prompt comes with it. Otherwise (or for sliding-window
-    models, whose cache may keep only the window) the prompt is concatenated after the text and run in
-    one pass with masks over position ids; then no unprompted output is returned.
-    """
-    _check_suffix_batch(batch)
-    window, _ = _sliding_window(model)
-    if suffix.share_text and window is None:
-        text = text_states(model, batch, **kwargs)
-        return suffix_over(model, batch.attention_mask, _returned_cache(text), suffix, **kwargs), text
-    mask = batch.attention_mask
-    prompt = suffix.embeddings.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)
-    embeds = torch.cat([model.get_input_embeddings()(batch.input_ids), prompt.expand(len(mask), -1, -1)], 1)
-    full_mask = torch.cat([mask, mask.new_ones(len(mask), suffix.length)], dim=1)
-    masks = _position_masks(model, full_mask, full_mask.shape[1])
-    out = model(
-        inputs_embeds=embeds,
-        attention_mask=full_mask if masks is None else masks,
-        position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
-        use_cache=False,
-        **kwargs,
-    )
-    return out, None
-
-
-def uses_text_cache(model: PreTrainedModel) -> bool:
-    """True where a suffix prompt runs over cached text states (no sliding-window layers)."""
-    return _sliding_window(model)[0] is None
 
 
 def answer_logits_pair(

@@ -6,6 +6,7 @@ from typing import Any
 
 from spul.data.splits import SPLITS, UnlearningData
 from spul.engine import PrefixFn, score, score_with_and_without
+from spul.guardrails import Guard, apply_guard
 from spul.metrics import split_metrics
 from spul.models import LoadedModel, load_model
 from spul.prompting import Encoder, Template, Verbalizer
@@ -18,6 +19,7 @@ def evaluate(
     template: Template | None = None,
     prefix_fn: PrefixFn | None = None,
     encoder: Encoder | None = None,
+    guard: Guard | None = None,
     batch_size: int = 32,
     max_length: int = 512,
     splits: tuple[str, ...] = SPLITS,
@@ -25,7 +27,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """ACC / weighted F1 on each split of the data, with or without a soft prompt.
 
-    `encoder` replaces the plain template encoding (in-context methods put demonstrations before each text).
+    `encoder` replaces the plain template encoding (in-context methods put demonstrations before each text);
+    `guard` answers the texts it flags with its action (spul.guardrails.apply_guard).
     """
     template = template or Template()
     encoder = encoder or Encoder(lm.tokenizer, template, max_length)
@@ -44,6 +47,7 @@ def evaluate(
             description=name,
             show_progress=show_progress,
         )
+        scores = apply_guard(scores, split.texts, guard)
         table[name] = split_metrics(split.labels, scores.predicted, len(verbalizer), scores.logprobs)
     return table
 

@@ -1,18 +1,31 @@
 """Guardrail baselines (Thaker et al. 2024; ECO, Liu et al. 2024): decide per query, before the model,
 whether it is in the forget scope. A keyword filter derived from the forget set, and a gate: a linear
-classifier over sentence embeddings trained on forget vs retain training rows."""
+classifier over sentence embeddings trained on forget vs retain training rows.
+
+At inference a `Guard` (a rule plus an action) is applied to the scores of its queries by `apply_guard`,
+the one place the action is carried out: "generic" answers a flagged query with no label (OTHER) and
+uniform label log-probabilities, so nothing about the label leaks. Gate embedders are looked up by name
+in `EMBEDDERS` (the packaged all-MiniLM-L6-v2 by default; tests add a fake one).
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from spul.engine import OTHER, Scores
 from spul.errors import SpulError
+
+GENERIC = "generic"  # the action of the filter and the gate: a flagged query gets the generic answer
+ACTIONS = (GENERIC,)
+Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, d) array
+MINILM = "all-MiniLM-L6-v2"
 
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
@@ -80,7 +93,7 @@ class EmbeddingGate:
     weights: np.ndarray  # [dim]
     bias: float
     threshold: float
-    embedder_name: str = "all-MiniLM-L6-v2"
+    embedder_name: str = MINILM
 
     @classmethod
     def fit(
@@ -146,3 +159,75 @@ def _youden_threshold(scores: np.ndarray, y: np.ndarray) -> float:
         if j > best_j + 1e-12:
             best, best_j = float(t), float(j)
     return best
+
+
+class Flagger(Protocol):
+    """Anything that flags texts: a KeywordFilter, a TextGate."""
+
+    def flags(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class TextGate:
+    """An EmbeddingGate over raw texts: embeds them with its embedder, then flags."""
+
+    gate: EmbeddingGate
+    embed: Embedder
+
+    def flags(self, texts: Sequence[str]) -> np.ndarray:
+        """True for each text whose embedding the gate flags."""
+        if not texts:
+            return np.zeros(0, dtype=bool)
+        return self.gate.flags(np.asarray(self.embed(list(texts))))
+
+
+@dataclass
+class Guard:
+    """A per-query rule and what happens to the queries it flags (`action`, one of ACTIONS)."""
+
+    rule: Flagger
+    action: str = GENERIC
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise SpulError(f"unknown guard action {self.action!r} (known: {', '.join(ACTIONS)})")
+
+    def flags(self, texts: Sequence[str]) -> np.ndarray:
+        """True for each text the rule flags."""
+        flags = np.asarray(self.rule.flags(texts), dtype=bool)
+        if flags.shape != (len(texts),):
+            raise SpulError(f"the guard's rule gave {flags.size} flags for {len(texts)} texts")
+        return flags
+
+
+def apply_guard(scores: Scores, texts: Sequence[str], guard: Guard | None) -> Scores:
+    """`scores` with the guard's action on the rows it flags ("generic": OTHER and uniform label
+    log-probabilities, loss log K); unchanged without a guard."""
+    if guard is None or len(texts) == 0:
+        return scores
+    flags = guard.flags(texts)
+    if not flags.any():
+        return scores
+    k = scores.logprobs.shape[1]
+    predicted, logprobs, loss = scores.predicted.copy(), scores.logprobs.copy(), scores.loss.copy()
+    predicted[flags] = OTHER
+    logprobs[flags] = -np.log(k)
+    loss[flags] = np.log(k)
+    return replace(scores, predicted=predicted, logprobs=logprobs, loss=loss)
+
+
+def _minilm() -> Embedder:
+    from spul.data.builders.cluster import sentence_embedder
+
+    return sentence_embedder(show_progress=False)
+
+
+# name -> a function that loads the embedder (called once per gate trained or loaded)
+EMBEDDERS: dict[str, Callable[[], Embedder]] = {MINILM: _minilm}
+
+
+def get_embedder(name: str) -> Embedder:
+    """The named gate embedder, loaded (SpulError naming the known ones for an unknown name)."""
+    if name not in EMBEDDERS:
+        raise SpulError(f"unknown gate embedder {name!r} (known: {', '.join(sorted(EMBEDDERS))})")
+    return EMBEDDERS[name]()

@@ -83,6 +83,7 @@ def train_artifact(
             template=template,
             prefix_fn=method.prefix_fn(),
             encoder=method.inference_encoder(),
+            guard=method.inference_guard(),
             batch_size=batch_size_eval,
             show_progress=show_progress,
         )

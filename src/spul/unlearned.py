@@ -15,20 +15,23 @@ import torch
 
 from spul.artifacts import read_manifest
 from spul.data.splits import UnlearningData
-from spul.engine import PrefixKV, SuffixPrompt, score
+from spul.engine import PrefixKV, score
 from spul.evaluation import evaluate
+from spul.guardrails import Guard, apply_guard
 from spul.methods import get_kind
 from spul.methods.kinds import base_adapter_of
 from spul.models import LoadedModel
 from spul.prompting import Encoder, Template, Verbalizer
+from spul.suffix import SuffixPrompt
 
 
 class Unlearned:
     """An unlearned model ready to use: `.predict(texts)`, `.evaluate(data)`.
 
     Whatever the artifact kind: a soft prompt always applied over the base model ("prompt"), an adapter
-    merged into it ("adapter"), the unlearned weights themselves ("weights"), or demonstrations put before
-    every query ("context"). `lm` is the model that answers; `base_adapter` the fine-tuned base's adapter.
+    merged into it ("adapter"), the unlearned weights themselves ("weights"), demonstrations put before
+    every query ("context"), or a rule before the model whose flagged queries get the generic answer
+    ("guard"). `lm` is the model that answers; `base_adapter` the fine-tuned base's adapter.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class Unlearned:
         self.encoder = attached.encoder or Encoder(lm.tokenizer, self.template)
         self.prompt: torch.Tensor | SuffixPrompt | None = attached.prompt
         self.prompt_states: PrefixKV | None = attached.prompt_states
+        self.guard: Guard | None = attached.guard
 
     def prefix_fn(self) -> torch.Tensor | PrefixKV | None:
         """The fixed soft prompt: its precomputed key/value states, else its embeddings (None: no prompt)."""
@@ -79,7 +83,8 @@ class Unlearned:
     def predict(
         self, texts: list[str], batch_size: int = 32, show_progress: bool = False
     ) -> list[dict[str, Any]]:
-        """Label and label probabilities (normalised over the label words) of each text, prompt applied."""
+        """Label and label probabilities (normalised over the label words) of each text, prompt applied (a
+        text the guard flags: label "other", uniform probabilities)."""
         scores = score(
             self.lm,
             self.encoder,
@@ -90,6 +95,7 @@ class Unlearned:
             prefix_fn=self._prefix(),
             show_progress=show_progress,
         )
+        scores = apply_guard(scores, texts, self.guard)
         probs = np.exp(scores.logprobs - scores.logprobs.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         words = self.verbalizer.words
@@ -104,7 +110,13 @@ class Unlearned:
     def evaluate(self, data: UnlearningData, **kwargs: Any) -> dict[str, dict[str, float]]:
         """The four-split table of the unlearned model."""
         return evaluate(
-            self.lm, data, template=self.template, prefix_fn=self._prefix(), encoder=self.encoder, **kwargs
+            self.lm,
+            data,
+            template=self.template,
+            prefix_fn=self._prefix(),
+            encoder=self.encoder,
+            guard=self.guard,
+            **kwargs,
         )
 
 

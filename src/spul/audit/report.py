@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from spul.audit.mia import SCORE_TITLES, SCORES, example_scores, membership_auc
+from spul.audit.mia import SCORE_TITLES, SCORES, TokenStats, example_scores, membership_auc
 from spul.audit.probes import ENTITY_PROBES, PROBES, EntityFinder, apply_probe
 from spul.audit.tokens import sequence_stats
 from spul.data.splits import FORGET_SPLITS, SPLITS, UnlearningData
 from spul.engine import score
+from spul.guardrails import Guard, apply_guard
 from spul.io import write_json_atomic, write_text_atomic
 from spul.metrics import split_metrics
 from spul.pipeline import Unlearned
@@ -56,7 +57,7 @@ def probe_table(
     """Accuracy of the prompted model on each split under each probe (only changed texts are re-scored)."""
 
     def predict(texts: list[str], labels: list[int], what: str) -> np.ndarray:
-        return score(
+        scores = score(
             unlearned.lm,
             unlearned.encoder,
             unlearned.verbalizer,
@@ -66,7 +67,8 @@ def probe_table(
             prefix_fn=unlearned.prefix_fn,
             description=what,
             show_progress=show_progress,
-        ).predicted
+        )
+        return apply_guard(scores, texts, unlearned.guard).predicted
 
     k = len(unlearned.verbalizer)
     table: dict[str, dict[str, dict]] = {"none": {}, **{p: {} for p in PROBES}}
@@ -106,6 +108,7 @@ def run_audit(
     """Membership inference (model without and with the prompt) and probes on the prompted model."""
     lm, manifest = unlearned.lm, unlearned.manifest
     generic = Verbalizer.build(lm.tokenizer, manifest["generic_words"], unlearned.template)
+    k_labels = len(unlearned.verbalizer)
     mia = {}
     for model_name, prefix_fn in zip(MODELS, (None, unlearned.prefix_fn), strict=True):
         stats = {
@@ -123,6 +126,8 @@ def run_audit(
             )
             for split in SPLITS
         }
+        if model_name == "unlearned" and unlearned.guard is not None:
+            stats = {s: guarded_stats(v, data[s].texts, unlearned.guard, k_labels) for s, v in stats.items()}
         mia[model_name] = mia_table(stats, k, bootstrap, seed)
     finder = EntityFinder.create().fit(
         data.train_forget.texts + data.test_forget.texts, data.train_retain.texts + data.test_retain.texts
@@ -131,7 +136,7 @@ def run_audit(
     probes = probe_table(unlearned, data, finder, splits, batch_size, show_progress)
     forget_aucs = {s: mia["unlearned"]["forget"][s]["auc"] for s in SCORES}
     return {
-        "models": model_labels(unlearned.prompt is not None),
+        "models": model_labels(unlearned.prompt is not None, unlearned.guard is not None),
         "prompt": str(unlearned.folder),
         "base_model": manifest["base_model"],
         "fine_tuned_model": "base model + adapter" if manifest["base_model"].get("adapter") else "base model",
@@ -157,13 +162,25 @@ def run_audit(
     }
 
 
-def model_labels(prompted: bool) -> dict[str, str]:
-    """What the two audited runs are: with a soft prompt, `fine_tuned` is the model with the prompt dropped;
-    an adapter, new weights or demonstrations have no prompt to drop, so both runs are the unlearned model."""
-    if prompted:
+def guarded_stats(
+    stats: list[TokenStats], texts: list[str], guard: Guard, num_labels: int
+) -> list[TokenStats]:
+    """The statistics a guarded model shows: a row the guard flags gets the generic answer, the same for
+    every flagged row (uniform label log-probabilities), so it carries no membership signal."""
+    uniform = -float(np.log(num_labels))
+    same = TokenStats(np.array([uniform]), np.array([uniform]), np.zeros(1), uniform, 0.0, "")
+    return [same if f else s for s, f in zip(stats, guard.flags(texts), strict=True)]
+
+
+def model_labels(prompted: bool, guarded: bool = False) -> dict[str, str]:
+    """What the two audited runs are: with a soft prompt (or a guard), `fine_tuned` is the model with it
+    dropped; an adapter, new weights or demonstrations have nothing to drop, so both runs are the
+    unlearned model."""
+    if prompted or guarded:
+        what = "prompt" if prompted else "guard"
         return {
-            "fine_tuned": "the fine-tuned model, prompt dropped",
-            "unlearned": "the same model with the prompt",
+            "fine_tuned": f"the fine-tuned model, {what} dropped",
+            "unlearned": f"the same model with the {what}",
         }
     itself = "the unlearned model itself (no prompt to drop)"
     return {"fine_tuned": itself, "unlearned": itself}

@@ -61,6 +61,24 @@ METHOD_FLAGS: dict[str, tuple[str, type, str]] = {
         Path,
         "spul: start from this saved prompt (needs --prompt-type prompt-tuning)",
     ),
+    "regex": ("--filter-regex", str, "filter: flag queries this regex matches [default: the --regex rule]"),
+    "keywords": (
+        "--filter-keywords",
+        str,
+        "filter: flag queries with one of these comma-separated words [default: the --keywords rule, "
+        "else names derived from the forget rows]",
+    ),
+    "ratio": (
+        "--filter-ratio",
+        float,
+        "filter: derived names are this many times rarer in retain [default: 10]",
+    ),
+    "embedder": (
+        "--gate-embedder",
+        str,
+        "gate: sentence embedder of the queries [default: all-MiniLM-L6-v2]",
+    ),
+    "folds": ("--gate-folds", int, "gate: cross-validation folds choosing the threshold [default: 5]"),
 }
 
 
@@ -232,7 +250,8 @@ def finetune_cmd(
 def unlearn_cmd(
     out: Annotated[Path, typer.Option(help="artifact folder to write")] = Path("runs/prompt"),
     method: Annotated[
-        str, typer.Option(help="spul, or a baseline: ga, rl, ga_kl, ga_gd, npo, retrain, icul")
+        str,
+        typer.Option(help="spul, or a baseline: ga, rl, ga_kl, ga_gd, npo, retrain, icul, filter, gate"),
     ] = "spul",
     method_args: Annotated[
         str | None, typer.Option(help="more method options: key=value,key=value (e.g. npo_beta=0.2)")
@@ -264,9 +283,11 @@ def unlearn_cmd(
 ) -> None:
     """Make the (fine-tuned) model forget train_forget: a SPUL soft prompt, or a baseline (--method)."""
     from spul.methods import get_method
+    from spul.methods.guard import with_forget_rule
 
     method_class = get_method(method)
     options = method_options(method, flags, method_args)
+    options = with_forget_rule(method_class, options, run.regex, run.keywords)  # the filter's default rule
     if recipe is not None and method != "spul":
         raise SpulError(f"--recipe is a SPUL recipe; --method {method} does not take it")
     config = _train_config(method_class, options, recipe, run, epochs, lr, batch_size, max_grad_norm)

@@ -22,6 +22,7 @@ from spul.experiments.layout import EMBEDDINGS, Layout
 from spul.experiments.measure import PeakMemory
 from spul.io import write_json_atomic
 from spul.methods import get_method
+from spul.methods.guard import with_forget_rule
 from spul.models import LoadedModel, load_model
 from spul.pipeline import load_unlearned, train_artifact
 from spul.prompting import Encoder, Template
@@ -185,8 +186,10 @@ class Stages:
         defaults = method.training_defaults(cell.options)  # e.g. one epoch for the weight baselines
         config = train_config({"seed": cell.dataset.seed} | defaults | cell.training)
         artifact, keep = folder / "artifact", self.config.keep_artifacts
+        rule = cell.dataset.forget_rule
+        options = with_forget_rule(method, cell.options, rule and rule.regex, rule and rule.keywords)
         manifest, efficiency = self._fit(
-            cell, cell.method, adapter, cell.tau, artifact, cell.options, config, cell.run.eval_each_epoch
+            cell, cell.method, adapter, cell.tau, artifact, options, config, cell.run.eval_each_epoch
         )
         if self.layout.needs_embeddings(cell):
             self.embed_artifact(cell, artifact, folder)

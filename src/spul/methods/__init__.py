@@ -2,7 +2,7 @@
 METHODS (name -> method class, each with its options' config dataclass) and ARTIFACT_KINDS (kind -> how
 its saved artifacts are loaded)."""
 
-from spul.methods import finetune, ga, ga_gd, ga_kl, icul, npo, retrain, rl, spul  # noqa: F401  (registration)
+from spul.methods import finetune, ga, ga_gd, ga_kl, guard, icul, npo, retrain, rl, spul  # noqa: F401  (registration)
 from spul.methods.base import (
     METHODS,
     Method,

@@ -11,6 +11,7 @@ import torch
 
 from spul.engine import PrefixFn
 from spul.errors import SpulError
+from spul.guardrails import Guard
 from spul.methods.config import MethodConfig, resolve
 from spul.metrics import selection_score
 from spul.models import LoadedModel
@@ -97,6 +98,10 @@ class Method(ABC):
 
     def inference_encoder(self) -> Encoder | None:
         """The encoder to evaluate with, when it differs from the plain template (in-context methods)."""
+        return None
+
+    def inference_guard(self) -> Guard | None:
+        """The per-query guard to evaluate with (guardrail methods; None for the others)."""
         return None
 
     def prepare(self, items: list[TrainItem]) -> None:

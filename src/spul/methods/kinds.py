@@ -1,8 +1,9 @@
 """Artifact kinds as a registry: how a saved artifact of each kind is loaded and used at inference.
 
 A kind is registered beside the method that makes it: `prompt` (methods/soft_prompt.py), `adapter`
-(methods/lora.py), `weights` (methods/weights.py), `context` (methods/icul.py). Code that loads or serves
-an artifact asks its kind (`get_kind(manifest["kind"])`) instead of branching on the name.
+(methods/lora.py), `weights` (methods/weights.py), `context` (methods/icul.py), `guard` (methods/guard.py).
+Code that loads or serves an artifact asks its kind (`get_kind(manifest["kind"])`) instead of branching on
+the name.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any, ClassVar
 import torch
 
 from spul.artifacts import check_base_model, model_fingerprint
-from spul.engine import PrefixKV, SuffixPrompt
+from spul.engine import PrefixKV
 from spul.errors import SpulError
+from spul.guardrails import Guard
 from spul.models import LoadedModel, load_model
 from spul.prompting import Encoder, Template, Verbalizer
+from spul.suffix import SuffixPrompt
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Attached:
     encoder: Encoder | None = None  # replaces the plain template's encoder (in-context demonstrations)
     prompt: torch.Tensor | SuffixPrompt | None = None  # soft-prompt embeddings [p, hidden], or a suffix
     prompt_states: PrefixKV | None = None  # their key/value states in every layer, computed once
+    guard: Guard | None = None  # decides per query whether its action applies (spul.guardrails.apply_guard)
 
 
 class ArtifactKind:

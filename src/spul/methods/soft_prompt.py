@@ -10,20 +10,9 @@ from typing import Any
 import torch
 from peft import PeftModel, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 
-from spul.engine import (
-    PrefixFn,
-    SuffixPrompt,
-    answer_logits,
-    answer_logits_pair,
-    cache_of_rows,
-    last_logits_only,
-    prefix_kv,
-    row_states,
-    suffix_over,
-    text_states,
-    uses_text_cache,
-)
+from spul.engine import PrefixFn, answer_logits, answer_logits_pair, prefix_kv
 from spul.errors import SpulError
+from spul.forward import last_logits_only
 from spul.methods.base import Method
 from spul.methods.config import MethodConfig, option
 from spul.methods.kinds import ArtifactKind, Attached, register_kind
@@ -31,6 +20,7 @@ from spul.models import LoadedModel, cast_frozen_linears
 from spul.progress import progress_bar
 from spul.prompting import Batch, Template, Verbalizer, length_sorted_batches
 from spul.reporting import warn
+from spul.suffix import SuffixPrompt, cache_of_rows, row_states, suffix_over, text_states, uses_text_cache
 
 PROMPT_TYPES = ("ptuning", "prompt-tuning")
 PROMPT_POSITIONS = ("prefix", "suffix")

@@ -1,0 +1,286 @@
+"""Guardrail baselines as methods: `filter` (a keyword rule) and `gate` (a linear classifier over sentence
+embeddings), see spul.guardrails. Neither trains nor touches the model: the training rows (forget vs
+retain) build a per-query rule, a query it flags gets the generic answer (no label, uniform label
+probabilities) and every other query is answered by the model unchanged.
+
+The artifact (kind `guard`) is `guard.json` (which rule, and its action) beside the rule's own files:
+`filter.json`, or `gate.safetensors` + `gate.json`. A filter given the forget rule itself (a regex or
+keywords; `spul unlearn` passes its --regex / --keywords) flags exactly what that rule selects.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from spul.data.rules import KeywordRule, RegexRule
+from spul.errors import DataError, SpulError
+from spul.guardrails import (
+    EMBEDDERS,
+    GENERIC,
+    MINILM,
+    EmbeddingGate,
+    Flagger,
+    Guard,
+    KeywordFilter,
+    TextGate,
+    get_embedder,
+)
+from spul.io import write_json_atomic
+from spul.methods.base import Method, TrainBatch, register
+from spul.methods.config import MethodConfig, option
+from spul.methods.kinds import ArtifactKind, Attached, register_kind
+from spul.models import LoadedModel
+from spul.prompting import Template, Verbalizer
+
+GUARD_FILE = "guard.json"
+GUARD_FORMAT = "spul-guard/1"
+FILTER_FILE = "filter.json"
+
+
+class GuardMethod(Method):
+    """No training: the training rows build a rule, and the queries it flags get the generic answer."""
+
+    action: ClassVar[str] = GENERIC  # what a flagged query gets (see spul.guardrails.apply_guard)
+
+    def __init__(self, *args: Any, **options: Any):
+        super().__init__(*args, **options)
+        self.rule: Flagger | None = None
+        self._nothing = torch.nn.Module()
+
+    @abstractmethod
+    def build(self, forget: list[str], retain: list[str], seed: int) -> Flagger:
+        """The rule, from the forget and retain training texts."""
+
+    @abstractmethod
+    def save_rule(self, folder: Path) -> None:
+        """Write the rule's own files into `folder`."""
+
+    def items(self, texts, labels, is_forget, seed):
+        """No training examples: the rows build the rule."""
+        forget = [t for t, f in zip(texts, is_forget, strict=True) if f]
+        retain = [t for t, f in zip(texts, is_forget, strict=True) if not f]
+        if not forget:
+            raise SpulError(f"{self.name}: there are no forget rows to build the guard from")
+        self.rule = self.build(forget, retain, seed)
+        return []
+
+    def trainable(self) -> torch.nn.Module:
+        """An empty module: nothing is trained."""
+        return self._nothing
+
+    def loss(self, batch: TrainBatch):
+        """A guard does not train."""
+        raise SpulError(f"{self.name} has no training loss: it only builds a rule")
+
+    def inference_guard(self) -> Guard:
+        """The rule with its action."""
+        if self.rule is None:
+            raise SpulError(f"{self.name}: give it the training rows (items) before evaluating")
+        return Guard(self.rule, self.action)
+
+    def save(self, folder: Path) -> None:
+        """guard.json (which rule, its action) and the rule's own files."""
+        guard = self.inference_guard()
+        write_json_atomic(
+            Path(folder) / GUARD_FILE, {"format": GUARD_FORMAT, "rule": self.name, "action": guard.action}
+        )
+        self.save_rule(Path(folder))
+
+
+@dataclass
+class FilterConfig(MethodConfig):
+    """The filter's rule: a regex or keywords, else the names of the forget rows."""
+
+    kind = "guard"
+
+    regex: str | None = option(
+        None,
+        "flag queries this regex matches (case-insensitive) [default: spul unlearn's --regex / --keywords "
+        "forget rule, else names derived from the forget rows]",
+        flag="--filter-regex",
+    )
+    keywords: list[str] | None = option(
+        None, "flag queries containing one of these words or phrases (whole words)", flag="--filter-keywords"
+    )
+    ratio: float = option(
+        10.0, "derived names: how many times more frequent in forget than retain rows", flag="--filter-ratio"
+    )
+
+    def check(self) -> None:
+        """One rule at most, a valid one; a positive ratio."""
+        if self.regex is not None and self.keywords is not None:
+            raise SpulError("filter: give a regex or keywords, not both")
+        try:
+            self.rule()
+        except DataError as err:
+            raise SpulError(f"filter: {err}") from None
+        if self.ratio <= 0:
+            raise SpulError(f"filter: ratio must be positive, got {self.ratio}")
+
+    def rule(self) -> KeywordFilter | None:
+        """The filter of the given regex or keywords (the forget rule's own matching); None if neither."""
+        if self.regex is not None:
+            return KeywordFilter(regex=RegexRule(self.regex).pattern, source="regex")
+        if self.keywords is not None:
+            return KeywordFilter(regex=KeywordRule(self.keywords).pattern, source=f"keywords {self.keywords}")
+        return None
+
+    def training_defaults(self) -> dict[str, Any]:
+        """No epochs: the filter does not train."""
+        return {"epochs": 0}
+
+
+@register
+class KeywordFilterMethod(GuardMethod):
+    """A keyword filter before the model: flagged queries get the generic answer; no training."""
+
+    name = "filter"
+    title = "Filter"
+    config_class = FilterConfig
+    trains_on = "nothing (a keyword rule: the forget rule, else forget-row names)"
+    objective = "none; a query the rule flags gets the generic answer, the rest the model's own"
+
+    def build(self, forget: list[str], retain: list[str], seed: int) -> KeywordFilter:
+        """The given rule, else the name words of the forget rows that are rare in the retain rows."""
+        rule = self.config.rule()
+        if rule is not None:
+            return rule
+        rule = KeywordFilter.derive(forget, retain, ratio=self.config.ratio)
+        if not rule.keywords:
+            raise SpulError(
+                f"filter: found no name words in the forget rows ({rule.source}); "
+                "give a rule with --filter-regex or --filter-keywords"
+            )
+        return rule
+
+    def save_rule(self, folder: Path) -> None:
+        """filter.json: the keywords and regex."""
+        write_json_atomic(folder / FILTER_FILE, self.rule.to_json())
+
+    @staticmethod
+    def load_rule(folder: Path) -> KeywordFilter:
+        """The filter saved in `folder`."""
+        try:
+            raw = json.loads((folder / FILTER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise SpulError(f"{folder}: unreadable {FILTER_FILE}: {err}") from None
+        if not isinstance(raw, dict):
+            raise SpulError(f"{folder / FILTER_FILE}: expected a JSON object")
+        return KeywordFilter.from_json(raw, str(folder / FILTER_FILE))
+
+
+@dataclass
+class GateConfig(MethodConfig):
+    """The gate's sentence embedder and the folds that choose its threshold."""
+
+    kind = "guard"
+
+    embedder: str = option(MINILM, "sentence embedder of the queries", flag="--gate-embedder")
+    folds: int = option(5, "cross-validation folds choosing the threshold", flag="--gate-folds")
+
+    def check(self) -> None:
+        """A known embedder, at least two folds."""
+        if self.embedder not in EMBEDDERS:
+            known = ", ".join(sorted(EMBEDDERS))
+            raise SpulError(f"gate: unknown embedder {self.embedder!r} (known: {known})")
+        if self.folds < 2:
+            raise SpulError(f"gate: folds must be at least 2, got {self.folds}")
+
+    def training_defaults(self) -> dict[str, Any]:
+        """No epochs: the gate is fitted, not trained by the loop."""
+        return {"epochs": 0}
+
+
+@register
+class EmbeddingGateMethod(GuardMethod):
+    """A classifier over sentence embeddings before the model: flagged queries get the generic answer."""
+
+    name = "gate"
+    title = "Gate"
+    config_class = GateConfig
+    trains_on = "a logistic regression on sentence embeddings, forget vs retain rows"
+    objective = "logistic loss; a query over the threshold (Youden's J, out of fold) gets the generic answer"
+
+    def build(self, forget: list[str], retain: list[str], seed: int) -> TextGate:
+        """Embed the rows, fit the gate on forget (1) vs retain (0)."""
+        folds = self.config.folds
+        if len(forget) < folds or len(retain) < folds:
+            raise SpulError(
+                f"gate: needs at least {folds} forget and {folds} retain training rows "
+                f"(got {len(forget)} and {len(retain)})"
+            )
+        embed = get_embedder(self.config.embedder)
+        vectors = embed(forget + retain)
+        gate = EmbeddingGate.fit(vectors[: len(forget)], vectors[len(forget) :], seed=seed, folds=folds)
+        gate.embedder_name = self.config.embedder
+        return TextGate(gate, embed)
+
+    def save_rule(self, folder: Path) -> None:
+        """gate.safetensors (the weights) + gate.json (bias, threshold, embedder)."""
+        self.rule.gate.save(folder)
+
+    @staticmethod
+    def load_rule(folder: Path) -> TextGate:
+        """The gate saved in `folder`, with its embedder loaded."""
+        gate = EmbeddingGate.load(folder)
+        return TextGate(gate, get_embedder(gate.embedder_name))
+
+
+RULES: dict[str, Callable[[Path], Flagger]] = {
+    KeywordFilterMethod.name: KeywordFilterMethod.load_rule,
+    EmbeddingGateMethod.name: EmbeddingGateMethod.load_rule,
+}
+
+
+def load_guard(folder: str | Path) -> Guard:
+    """The guard of a saved guard artifact: its rule and action."""
+    path = Path(folder) / GUARD_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SpulError(f"{folder} is a guard artifact without a readable {GUARD_FILE}: {err}") from None
+    if not isinstance(raw, dict) or raw.get("format") != GUARD_FORMAT:
+        raise SpulError(f"{path}: unknown format (expected {GUARD_FORMAT})")
+    load = RULES.get(raw.get("rule"))
+    if load is None:
+        raise SpulError(f"{path}: unknown rule {raw.get('rule')!r} (known: {', '.join(RULES)})")
+    rule = load(Path(folder))
+    try:
+        return Guard(rule, raw.get("action", GENERIC))
+    except SpulError as err:
+        raise SpulError(f"{path}: {err}") from None
+
+
+def with_forget_rule(
+    method: type[Method], options: dict[str, Any], regex: str | None, keywords: Sequence[str] | str | None
+) -> dict[str, Any]:
+    """`options` plus the run's forget rule (regex or keywords) for a method taking one (the filter) that
+    was given no rule of its own; other methods' options are returned as they are."""
+    if not {"regex", "keywords"} <= method.option_names():
+        return options
+    if options.get("regex") is not None or options.get("keywords") is not None:
+        return options
+    if regex:
+        return {"regex": regex} | options
+    if keywords:
+        return {"keywords": keywords} | options
+    return options
+
+
+@register_kind
+class GuardKind(ArtifactKind):
+    """A rule before the base model, which stays as it is: flagged queries get the generic answer."""
+
+    name = "guard"
+    shares_base_model = True
+
+    def attach(self, lm: LoadedModel, folder: Path, template: Template, verbalizer: Verbalizer) -> Attached:
+        """The guard the saved rule makes."""
+        return Attached(guard=load_guard(folder))

@@ -1,0 +1,124 @@
+"""A soft prompt after the template, right before the answer: the text is read once, without gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from spul.errors import SpulError
+from spul.forward import cache_argument, position_masks, returned_cache, sliding_window
+from spul.prompting import Batch
+
+
+@dataclass
+class SuffixPrompt:
+    """A soft prompt placed after the template, right before the answer (`prompt_position` "suffix").
+
+    Attention is causal, so the text's states do not depend on a prompt after it: the text is read once
+    without gradients (that pass also gives the unprompted answer for free) and only the p prompt
+    positions are run with gradients. Needs one-token answers (the prompt sits between the template and
+    the answer's first token).
+    """
+
+    embeddings: torch.Tensor  # [p, hidden]
+    share_text: bool = True  # False: concatenate it after the text in one pass (the reference way)
+
+    @property
+    def length(self) -> int:
+        """The number of virtual tokens."""
+        return self.embeddings.shape[0]
+
+
+def _check_suffix_batch(batch: Batch) -> None:
+    if batch.targets.shape[1] != 1:
+        raise SpulError(
+            "a suffix soft prompt needs one-token answer words (the prompt sits right before the answer); "
+            "use prompt_position prefix for multi-token label or generic words"
+        )
+
+
+def text_states(model: PreTrainedModel, batch: Batch, **kwargs):
+    """The model's output on a left-padded batch with its key/value cache, no gradient (a suffix's text)."""
+    mask = batch.attention_mask
+    with torch.no_grad():
+        return model(
+            input_ids=batch.input_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            **kwargs,
+        )
+
+
+def row_states(output) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per-layer (keys, values) [B, kv_heads, T, head_dim] of a `text_states` output; None if unreadable."""
+    layers = getattr(returned_cache(output), "layers", None)
+    if layers is None or not all(getattr(x, "keys", None) is not None for x in layers):
+        return None
+    return [(x.keys, x.values) for x in layers]
+
+
+def cache_of_rows(model: PreTrainedModel, rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int):
+    """A cache of left-padded rows from each row's own per-layer (keys, values) [kv_heads, T_i, head_dim]."""
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(rows[0])):
+        k0 = rows[0][layer][0]
+        keys = k0.new_zeros(len(rows), k0.shape[0], width, k0.shape[-1])
+        values = keys.clone()
+        for i, row in enumerate(rows):
+            k, v = row[layer]
+            keys[i, :, width - k.shape[1] :] = k
+            values[i, :, width - v.shape[1] :] = v
+        cache.update(keys, values, layer)
+    return cache
+
+
+def suffix_over(model: PreTrainedModel, mask: torch.Tensor, cache, suffix: SuffixPrompt, **kwargs):
+    """The soft prompt's p positions over the cached states of the left-padded text rows of `mask`."""
+    rows, p = mask.shape[0], suffix.length
+    prompt = suffix.embeddings.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)
+    positions = mask.sum(-1, keepdim=True) + torch.arange(p, device=mask.device)
+    return model(
+        inputs_embeds=prompt.expand(rows, -1, -1),
+        attention_mask=torch.cat([mask, mask.new_ones(rows, p)], dim=1),
+        position_ids=positions,
+        use_cache=True,
+        **{cache_argument(model): cache},
+        **kwargs,
+    )
+
+
+def suffix_forward(model: PreTrainedModel, batch: Batch, suffix: SuffixPrompt, **kwargs):
+    """(prompted output, unprompted output or None) of a left-padded batch with a soft prompt after it.
+
+    With `suffix.share_text` (and a model without sliding-window layers) the text is run once with no
+    gradient, its key/value cache kept, and the prompt's p positions run over that cache: the text costs
+    one inference pass and its answer without the prompt comes with it. Otherwise (or for sliding-window
+    models, whose cache may keep only the window) the prompt is concatenated after the text and run in
+    one pass with masks over position ids; then no unprompted output is returned.
+    """
+    _check_suffix_batch(batch)
+    window, _ = sliding_window(model)
+    if suffix.share_text and window is None:
+        text = text_states(model, batch, **kwargs)
+        return suffix_over(model, batch.attention_mask, returned_cache(text), suffix, **kwargs), text
+    mask = batch.attention_mask
+    prompt = suffix.embeddings.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)
+    embeds = torch.cat([model.get_input_embeddings()(batch.input_ids), prompt.expand(len(mask), -1, -1)], 1)
+    full_mask = torch.cat([mask, mask.new_ones(len(mask), suffix.length)], dim=1)
+    masks = position_masks(model, full_mask, full_mask.shape[1])
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=full_mask if masks is None else masks,
+        position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=False,
+        **kwargs,
+    )
+    return out, None
+
+
+def uses_text_cache(model: PreTrainedModel) -> bool:
+    """True where a suffix prompt runs over cached text states (no sliding-window layers)."""
+    return sliding_window(model)[0] is None
