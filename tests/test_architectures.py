@@ -116,24 +116,33 @@ def test_spul_trains_saves_loads_predicts(name, tmp_path, toy):
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in predictions)
 
 
+@pytest.mark.parametrize("tail", [0, 2])
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_suffix_prompt_equals_rows_alone(name):
-    """A suffix soft prompt (after the template, before the answer): cached-text and concatenated passes
-    both equal the row alone with the prompt appended, and the cached pass's unprompted logits are exact."""
+def test_suffix_prompt_equals_rows_alone(name, tail):
+    """A suffix soft prompt (after the text, before the template's last `tail` tokens): cached-text and
+    one-pass runs both equal the row alone with the prompt inserted, and the cached run's unprompted
+    logits are exact."""
     lm = make_lm(name)
     encoder = Encoder(lm.tokenizer, SHORT)
     prompts = encoder.encode(TEXTS)
     batch = encoder.batch(prompts, [(5,)] * len(prompts), list(range(len(prompts))))
     suffix = torch.randn(4, lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     embed = lm.model.get_input_embeddings()
-    with torch.no_grad():
-        want = [
-            lm.model(inputs_embeds=torch.cat([embed(torch.tensor([p])), suffix[None]], 1)).logits[0, -1]
-            for p in prompts
+
+    def alone(p):
+        cut = len(p) - tail
+        parts = [
+            embed(torch.tensor([p[:cut]])),
+            suffix[None],
+            embed(torch.tensor([p[cut:]], dtype=torch.long)),
         ]
+        return lm.model(inputs_embeds=torch.cat(parts, 1)).logits[0, -1]
+
+    with torch.no_grad():
+        want = [alone(p) for p in prompts]
         plain_want = reference(lm, prompts, [(5,)] * len(prompts), None)
         for share in (True, False):
-            prompt = engine.SuffixPrompt(suffix, share_text=share)
+            prompt = engine.SuffixPrompt(suffix, share_text=share, tail=tail)
             got, plain = engine.answer_logits_pair(lm.model, batch, prompt)
             for row, expected in enumerate(want):
                 torch.testing.assert_close(got[row, -1], expected, atol=1e-4, rtol=0)

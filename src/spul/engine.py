@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ def shared_prefix(
     with lm.autocast():
         prefix = prefix_fn()
         if isinstance(prefix, SuffixPrompt) and not share_prefix:
-            prefix = SuffixPrompt(prefix.embeddings, share_text=False)
+            prefix = replace(prefix, share_text=False)
         if isinstance(prefix, torch.Tensor) and share_prefix:
             prefix = prefix_kv(lm.model, prefix) or prefix
     return prefix

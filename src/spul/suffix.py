@@ -9,21 +9,22 @@ from transformers import DynamicCache, PreTrainedModel
 
 from spul.errors import SpulError
 from spul.forward import cache_argument, position_masks, returned_cache, sliding_window
-from spul.prompting import Batch
+from spul.prompting import Batch, Encoder
 
 
 @dataclass
 class SuffixPrompt:
-    """A soft prompt placed after the template, right before the answer (`prompt_position` "suffix").
+    """A soft prompt placed after the query, before the template's last `tail` tokens (its answer cue,
+    e.g. "### Sentiment:"), so the model still answers where it learned to (`prompt_position` "suffix").
 
     Attention is causal, so the text's states do not depend on a prompt after it: the text is read once
     without gradients (that pass also gives the unprompted answer for free) and only the p prompt
-    positions are run with gradients. Needs one-token answers (the prompt sits between the template and
-    the answer's first token).
+    positions and the cue are run with gradients. Needs one-token answers (the answer follows the cue).
     """
 
     embeddings: torch.Tensor  # [p, hidden]
-    share_text: bool = True  # False: concatenate it after the text in one pass (the reference way)
+    share_text: bool = True  # False: insert it into the text in one pass (the reference way)
+    tail: int = 0  # template tokens after the prompt (the answer cue)
 
     @property
     def length(self) -> int:
@@ -75,14 +76,24 @@ def cache_of_rows(model: PreTrainedModel, rows: list[list[tuple[torch.Tensor, to
     return cache
 
 
-def suffix_over(model: PreTrainedModel, mask: torch.Tensor, cache, suffix: SuffixPrompt, **kwargs):
-    """The soft prompt's p positions over the cached states of the left-padded text rows of `mask`."""
-    rows, p = mask.shape[0], suffix.length
-    prompt = suffix.embeddings.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)
-    positions = mask.sum(-1, keepdim=True) + torch.arange(p, device=mask.device)
+def _prompt_and_tail(model: PreTrainedModel, suffix: SuffixPrompt, tail_ids: torch.Tensor) -> torch.Tensor:
+    """[B, p + tail, hidden]: the prompt embeddings, then those of the template's last tokens."""
+    embed = model.get_input_embeddings()
+    prompt = suffix.embeddings.to(embed.weight.dtype).unsqueeze(0).expand(len(tail_ids), -1, -1)
+    return torch.cat([prompt, embed(tail_ids)], dim=1)
+
+
+def suffix_over(
+    model: PreTrainedModel, mask: torch.Tensor, cache, suffix: SuffixPrompt, tail_ids: torch.Tensor, **kwargs
+):
+    """The soft prompt's p positions and the `tail_ids` [B, tail] after them, over the cached states of
+    the left-padded text rows of `mask` (the text without its tail)."""
+    embeds = _prompt_and_tail(model, suffix, tail_ids)
+    rows, width = embeds.shape[:2]
+    positions = mask.sum(-1, keepdim=True) + torch.arange(width, device=mask.device)
     return model(
-        inputs_embeds=prompt.expand(rows, -1, -1),
-        attention_mask=torch.cat([mask, mask.new_ones(rows, p)], dim=1),
+        inputs_embeds=embeds,
+        attention_mask=torch.cat([mask, mask.new_ones(rows, width)], dim=1),
         position_ids=positions,
         use_cache=True,
         **{cache_argument(model): cache},
@@ -91,23 +102,29 @@ def suffix_over(model: PreTrainedModel, mask: torch.Tensor, cache, suffix: Suffi
 
 
 def suffix_forward(model: PreTrainedModel, batch: Batch, suffix: SuffixPrompt, **kwargs):
-    """(prompted output, unprompted output or None) of a left-padded batch with a soft prompt after it.
+    """(prompted output, unprompted output or None) of a left-padded batch with a suffix soft prompt.
 
-    With `suffix.share_text` (and a model without sliding-window layers) the text is run once with no
-    gradient, its key/value cache kept, and the prompt's p positions run over that cache: the text costs
-    one inference pass and its answer without the prompt comes with it. Otherwise (or for sliding-window
-    models, whose cache may keep only the window) the prompt is concatenated after the text and run in
-    one pass with masks over position ids; then no unprompted output is returned.
+    Left-padded rows all end with the template's last `suffix.tail` tokens, so the prompt goes in at one
+    column for every row. With `suffix.share_text` (and a model without sliding-window layers) the text
+    is run once with no gradient, its key/value cache kept, and the prompt's p positions plus the tail run
+    over that cache: the text costs one inference pass and its answer without the prompt comes with it.
+    Otherwise (or for sliding-window models, whose cache may keep only the window) the prompt is inserted
+    and the row run in one pass with masks over position ids; then no unprompted output is returned.
     """
     _check_suffix_batch(batch)
     window, _ = sliding_window(model)
+    cut = batch.input_ids.shape[1] - suffix.tail
+    text_ids, tail_ids = batch.input_ids[:, :cut], batch.input_ids[:, cut:]
+    mask = batch.attention_mask[:, :cut]
     if suffix.share_text and window is None:
+        # the whole text once (its last position is the unprompted answer), its cache cut before the tail
         text = text_states(model, batch, **kwargs)
-        return suffix_over(model, batch.attention_mask, returned_cache(text), suffix, **kwargs), text
-    mask = batch.attention_mask
-    prompt = suffix.embeddings.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)
-    embeds = torch.cat([model.get_input_embeddings()(batch.input_ids), prompt.expand(len(mask), -1, -1)], 1)
-    full_mask = torch.cat([mask, mask.new_ones(len(mask), suffix.length)], dim=1)
+        cache = returned_cache(text)
+        if suffix.tail:
+            cache.crop(-suffix.tail)
+        return suffix_over(model, mask, cache, suffix, tail_ids, **kwargs), text
+    embeds = torch.cat([model.get_input_embeddings()(text_ids), _prompt_and_tail(model, suffix, tail_ids)], 1)
+    full_mask = torch.cat([mask, mask.new_ones(len(mask), embeds.shape[1] - cut)], dim=1)
     masks = position_masks(model, full_mask, full_mask.shape[1])
     out = model(
         inputs_embeds=embeds,
@@ -122,3 +139,14 @@ def suffix_forward(model: PreTrainedModel, batch: Batch, suffix: SuffixPrompt, *
 def uses_text_cache(model: PreTrainedModel) -> bool:
     """True where a suffix prompt runs over cached text states (no sliding-window layers)."""
     return sliding_window(model)[0] is None
+
+
+def answer_cue_length(encoder: Encoder) -> int:
+    """How many of the template's last tokens (its last line, the answer cue such as "### Sentiment:")
+    follow a suffix prompt; 0 (the prompt right before the answer) when that line is not its own tokens."""
+    after = encoder.template.text.split("{text}")[1]
+    cue = after.rsplit("\n", 1)[1] if "\n" in after else ""
+    if not cue.strip():
+        return 0
+    ids = encoder.tokenizer(cue, add_special_tokens=False).input_ids
+    return len(ids) if encoder.encode([""])[0][-len(ids) :] == ids else 0

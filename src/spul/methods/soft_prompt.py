@@ -18,9 +18,17 @@ from spul.methods.config import MethodConfig, option
 from spul.methods.kinds import ArtifactKind, Attached, register_kind
 from spul.models import LoadedModel, cast_frozen_linears
 from spul.progress import progress_bar
-from spul.prompting import Batch, Template, Verbalizer, length_sorted_batches
+from spul.prompting import Batch, Encoder, Template, Verbalizer, length_sorted_batches
 from spul.reporting import warn
-from spul.suffix import SuffixPrompt, cache_of_rows, row_states, suffix_over, text_states, uses_text_cache
+from spul.suffix import (
+    SuffixPrompt,
+    answer_cue_length,
+    cache_of_rows,
+    row_states,
+    suffix_over,
+    text_states,
+    uses_text_cache,
+)
 
 PROMPT_TYPES = ("ptuning", "prompt-tuning")
 PROMPT_POSITIONS = ("prefix", "suffix")
@@ -101,8 +109,10 @@ class SoftPromptMethod(Method):
         start = None
         if c.init_prompt:
             start = saved_prompt(lm, c.init_prompt, c.prompt_type, c.num_virtual_tokens)
+        self.tail = 0  # suffix prompts: template tokens after the prompt (its answer cue)
         if c.prompt_position == "suffix":
             check_suffix_words(self.verbalizer, getattr(self, "generic", None))
+            self.tail = answer_cue_length(self.encoder)
         self.peft = get_peft_model(lm.model, config)
         self.peft.prompt_encoder.to(lm.device)
         # suffix prompts: item index -> (per-layer text keys/values, unprompted answer logits)
@@ -122,7 +132,7 @@ class SoftPromptMethod(Method):
     def placed_prompt(self) -> torch.Tensor | SuffixPrompt:
         """The current soft prompt as the engine takes it: embeddings before the text, or a suffix."""
         if self.config.prompt_position == "suffix":
-            return SuffixPrompt(self.prompt())
+            return SuffixPrompt(self.prompt(), tail=self.tail)
         return self.prompt()
 
     def prefix_fn(self) -> PrefixFn:
@@ -143,11 +153,11 @@ class SoftPromptMethod(Method):
         with self.lm.autocast():
             if self.text_cache and all(i in self.text_cache for i in batch.index):
                 rows = [self.text_cache[i] for i in batch.index]
-                model = self.lm.model
-                cache = cache_of_rows(model, [r[0] for r in rows], batch.attention_mask.shape[1])
-                out = suffix_over(
-                    model, batch.attention_mask, cache, self.placed_prompt(), **last_logits_only(model)
-                )
+                model, cut = self.lm.model, batch.input_ids.shape[1] - self.tail
+                cache = cache_of_rows(model, [r[0] for r in rows], cut)
+                mask, tail_ids = batch.attention_mask[:, :cut], batch.input_ids[:, cut:]
+                prompt = self.placed_prompt()
+                out = suffix_over(model, mask, cache, prompt, tail_ids, **last_logits_only(model))
                 return out.logits[:, -1:].float(), torch.stack([r[1] for r in rows])
             return answer_logits_pair(self.lm.model, batch, self.placed_prompt())
 
@@ -181,9 +191,10 @@ class SoftPromptMethod(Method):
                 if layers is None:
                     self.text_cache.clear()
                     return
+                width = batch.input_ids.shape[1]
                 for row, i in enumerate(chunk):
-                    n = int(batch.attention_mask[row].sum())
-                    states = [(k[row, :, -n:].clone(), v[row, :, -n:].clone()) for k, v in layers]
+                    start, end = width - int(batch.attention_mask[row].sum()), width - self.tail
+                    states = [(k[row, :, start:end].clone(), v[row, :, start:end].clone()) for k, v in layers]
                     self.text_cache[i] = (states, out.logits[row, -1:].float().clone())
                 advance(len(chunk))
 
@@ -262,7 +273,8 @@ class PromptKind(ArtifactKind):
             prompt = peft.get_prompt(batch_size=1)[0].detach()
             if position == "suffix":
                 check_suffix_words(verbalizer, None)
-                return Attached(prompt=SuffixPrompt(prompt))
+                tail = answer_cue_length(Encoder(lm.tokenizer, template))
+                return Attached(prompt=SuffixPrompt(prompt, tail=tail))
             states = prefix_kv(lm.model, prompt)
         if lm.autocast_dtype is not None:
             # serving only reads the frozen weights: cast them once instead of at every query
