@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--recipes", default="fast,paper", help="recipes to run, comma-separated")
     ap.add_argument("--variant", action="append", default=[], help="name:recipe:key=value,... (repeatable)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run's steps (else its budget)")
+    ap.add_argument("--max-seconds", type=float, default=None, help="cap every run's training seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench_forgetting.json")
     args = ap.parse_args()
@@ -114,7 +115,8 @@ def main() -> None:
             reached = monitor(step)
             last = monitor.checks[-1]
             print(f"  {name} step {step} train {last['train_s']:.0f} s acc {last['acc']}", flush=True)
-            return reached or (args.max_steps is not None and step >= args.max_steps)
+            over_time = args.max_seconds is not None and last["train_s"] >= args.max_seconds
+            return reached or over_time or (args.max_steps is not None and step >= args.max_steps)
 
         config = replace(config, monitor_every=args.every, checkpoint_every=10**9)
         began = time.perf_counter()

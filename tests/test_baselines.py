@@ -20,6 +20,7 @@ from spul.data import load_data
 from spul.engine import score
 from spul.errors import SpulError
 from spul.evaluation import evaluate
+from spul.guardrails import apply_guard
 from spul.methods import METHODS, get_method
 from spul.models import load_model
 from spul.pipeline import load_unlearned, train_artifact
@@ -280,6 +281,8 @@ CASES = [
     ("npo", {"alpha": 0.5}, "weights"),
     ("retrain", {"r": 4}, "adapter"),
     ("icul", {"shots": 2}, "context"),
+    ("filter", {"keywords": ["sandler"]}, "guard"),
+    ("gate", {"embedder": "test-hashing"}, "guard"),
     ("ga_kl", {"lora": True, "r": 4}, "adapter"),
     ("rl", {"lora": True}, "adapter"),
 ]
@@ -288,6 +291,7 @@ ARTIFACT_FILES = {
     "adapter": "adapter_model.safetensors",
     "weights": "model.safetensors",
     "context": "context.json",
+    "guard": "guard.json",
 }
 
 
@@ -301,7 +305,9 @@ def probabilities(scores):
 
 
 @pytest.mark.parametrize("name,options,kind", CASES)
-def test_method_trains_saves_and_reloads(tmp_path, tiny_model_dir, toy, monkeypatch, name, options, kind):
+def test_method_trains_saves_and_reloads(
+    tmp_path, tiny_model_dir, toy, monkeypatch, fake_embedder, name, options, kind
+):
     lm = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
     calls = []
     real = pipeline.evaluate
@@ -324,7 +330,7 @@ def test_method_trains_saves_and_reloads(tmp_path, tiny_model_dir, toy, monkeypa
     assert manifest["kind"] == kind and manifest["method"] == name
     assert (out / ARTIFACT_FILES[kind]).is_file() and (out / "spul.json").is_file()
     assert not [f for f in out.rglob("*") if f.suffix in (".pt", ".bin", ".pkl", ".pickle")]
-    assert (manifest["trainable_parameters"] == 0) == (name == "icul")
+    assert (manifest["trainable_parameters"] == 0) == (name in ("icul", "filter", "gate"))
     if kind == "weights":
         assert manifest["trainable_parameters"] == sum(p.numel() for p in lm.model.parameters())
 
@@ -343,6 +349,7 @@ def test_method_trains_saves_and_reloads(tmp_path, tiny_model_dir, toy, monkeypa
         prefix_fn=kwargs["prefix_fn"],
         show_progress=False,
     )
+    in_memory = apply_guard(in_memory, texts, kwargs.get("guard"))
 
     unlearned = load_unlearned(out, device="cpu", precision="fp32")
     assert unlearned.kind == kind
@@ -419,8 +426,8 @@ def test_cli_unlearn_evaluate_predict(tmp_path, tiny_model_dir, toy_dir, finetun
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "spul.json").read_text())
     cls = get_method(name)
-    # default epochs: spul 10, retrain 2 (the finetune recipe), icul none, the other baselines 1
-    assert manifest["hyperparameters"]["training"]["epochs"] == {"spul": 10, "retrain": 2, "icul": 0}.get(
+    # default epochs: spul 4 (the fast recipe), retrain 2 (the finetune recipe), icul none, the others 1
+    assert manifest["hyperparameters"]["training"]["epochs"] == {"spul": 4, "retrain": 2, "icul": 0}.get(
         name, 1
     )
     if name == "retrain":

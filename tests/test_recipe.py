@@ -231,3 +231,40 @@ def test_suffix_prompt_refuses_multi_token_words(tiny_lm, toy, tmp_path):
             config=TrainConfig(epochs=1, batch_size=4),
             show_progress=False,
         )
+
+
+def test_training_check_keeps_the_best_weights_and_stops_at_the_target(tiny_lm, toy, tmp_path):
+    """The SPUL training check scores training rows every few steps: the best check's weights are kept
+    (the saved prompt scores as that check said) and a met target ends the run."""
+    import json
+
+    from spul.methods import spul as spul_method
+    from spul.pipeline import train_artifact
+
+    cfg = TrainConfig(epochs=4, batch_size=4, lr=5e-2, seed=0, check_every=2, forget_share=0.5)
+    options = {"num_virtual_tokens": 2, "prompt_position": "suffix", "forget_loss": "set"}
+    manifest = train_artifact("spul", tiny_lm, toy, tmp_path / "p", method_options=options, config=cfg,
+                              show_progress=False)  # fmt: skip
+    checks = manifest["checks"]
+    assert [c["step"] for c in checks] == list(range(2, 2 * len(checks) + 1, 2))
+    best = max(checks, key=lambda c: c["score"])
+    reached = [c for c in checks if c["reached"]]
+    if reached:  # stopped at the first check that met the target, with those weights
+        assert manifest["stopped_at"] == reached[0]["step"] == checks[-1]["step"] == manifest["best_step"]
+    else:
+        assert manifest["best_step"] == best["step"] and manifest["stopped_at"] is None
+    assert json.loads((tmp_path / "p" / "spul.json").read_text())["best_step"] == manifest["best_step"]
+
+    # a check that always reports the target ends the run at the first check
+    original = spul_method.Spul.training_check
+
+    def always(self, items, seed):
+        return lambda: (0.0, True)
+
+    spul_method.Spul.training_check = always
+    try:
+        manifest = train_artifact("spul", tiny_lm, toy, tmp_path / "q", method_options=options, config=cfg,
+                                  show_progress=False)  # fmt: skip
+    finally:
+        spul_method.Spul.training_check = original
+    assert manifest["stopped_at"] == 2 and manifest["steps"] == 2

@@ -120,6 +120,7 @@ def train_artifact(
         "steps": result.steps,
         "stopped_at": result.stopped_at,
         "best_epoch": result.best_epoch,
+        **({"best_step": result.best_step, "checks": result.checks} if result.checks else {}),
         "epoch_evals": result.epoch_evals,
         "history": result.history,
     } | (extra_manifest or {})

@@ -40,6 +40,9 @@ class TrainConfig:
     forget_share: float | None = None
     # Steps between calls of the `monitor` given to `train` (which may stop the run); 0 = never.
     monitor_every: int = 0
+    # Steps between the method's own check on training rows (`Method.training_check`): the best check's
+    # weights are kept and the run stops where the check says the target is met; 0 = never.
+    check_every: int = 0
 
 
 @dataclass
@@ -51,7 +54,9 @@ class TrainResult:
     best_epoch: int | None = None
     wall_time_s: float = 0.0
     steps: int = 0
-    stopped_at: int | None = None  # the step where `monitor` ended the run early
+    stopped_at: int | None = None  # the step where `monitor` or the training check ended the run early
+    best_step: int | None = None  # the step whose weights were kept by the training check
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the training checks: step, score, reached
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -202,6 +207,7 @@ def train(
         return TrainResult()
     # References (e.g. the untrained model's answers) come before a checkpoint's weights are loaded.
     method.prepare(items)
+    check = method.training_check(items, config.seed) if config.check_every else None
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     plan = BatchPlan(items, config)
@@ -283,6 +289,17 @@ def train(
             result.steps = step
             if step % config.checkpoint_every == 0 or step == total_steps:
                 save(step)
+            if check is not None and step % config.check_every == 0:
+                module.eval()
+                score, reached = check()
+                module.train()
+                result.checks.append({"step": step, "score": round(score, 4), "reached": reached})
+                if score > best_score or reached:
+                    best_score, best_state, result.best_step = score, trainable_state(module), step
+                if reached:
+                    result.stopped_at = step
+                    save(step)
+                    break
             if monitor is not None and config.monitor_every and step % config.monitor_every == 0:
                 module.eval()
                 reached = monitor(step)

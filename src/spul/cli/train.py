@@ -271,8 +271,9 @@ def unlearn_cmd(
     recipe: Annotated[
         str | None,
         typer.Option(
-            help="spul: a named recipe as the starting point: paper (the paper's settings) or fast "
-            "(balanced batches, generic-set loss, cached KL, lr 2e-3); the flags given override it"
+            help="spul: a named recipe as the starting point: fast (the default: a suffix prompt over the "
+            "cached text, balanced batches, generic-set loss) or paper (the paper's settings); the flags "
+            "given override it"
         ),
     ] = None,
     ledger: Annotated[
@@ -290,6 +291,10 @@ def unlearn_cmd(
     options = with_forget_rule(method_class, options, run.regex, run.keywords)  # the filter's default rule
     if recipe is not None and method != "spul":
         raise SpulError(f"--recipe is a SPUL recipe; --method {method} does not take it")
+    if method == "spul" and recipe is None:
+        from spul.methods.spul import DEFAULT_RECIPE
+
+        recipe = DEFAULT_RECIPE
     config = _train_config(method_class, options, recipe, run, epochs, lr, batch_size, max_grad_norm)
     if recipe is not None:
         from spul.methods.spul import recipe_settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ class TrainItem:
     prompt: list[int]
     answer: tuple[int, ...]
     is_forget: bool
+    label: int | None = None  # the row's true label (methods that check forgetting keep it)
 
 
 @dataclass
@@ -102,6 +104,11 @@ class Method(ABC):
 
     def inference_guard(self) -> Guard | None:
         """The per-query guard to evaluate with (guardrail methods; None for the others)."""
+        return None
+
+    def training_check(self, items: list[TrainItem], seed: int) -> Callable[[], tuple[float, bool]] | None:
+        """A cheap check on training rows for `TrainConfig.check_every`: () -> (score, target reached);
+        None where the method has none."""
         return None
 
     def prepare(self, items: list[TrainItem]) -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+from peft import (
+    PeftModel,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+    get_peft_model,
+)
 
 from spul.engine import PrefixFn, answer_logits, answer_logits_pair, prefix_kv
 from spul.errors import SpulError
@@ -31,10 +38,12 @@ from spul.suffix import (
 )
 
 PROMPT_TYPES = ("ptuning", "prompt-tuning")
-PROMPT_POSITIONS = ("prefix", "suffix")
+PROMPT_POSITIONS = ("prefix", "suffix", "auto")
 
 
-def prompt_config(prompt_type: str, num_virtual_tokens: int, encoder_hidden: int, token_dim: int):
+def prompt_config(
+    prompt_type: str, num_virtual_tokens: int, encoder_hidden: int, token_dim: int, init: str = "random"
+):
     """The peft config of a soft prompt: P-tuning (MLP re-parametrised, as the paper) or prompt tuning."""
     if prompt_type == "ptuning":
         return PromptEncoderConfig(
@@ -45,7 +54,10 @@ def prompt_config(prompt_type: str, num_virtual_tokens: int, encoder_hidden: int
         )
     if prompt_type == "prompt-tuning":
         return PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens, token_dim=token_dim
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=num_virtual_tokens,
+            token_dim=token_dim,
+            prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB if init == "vocab" else PromptTuningInit.RANDOM,
         )
     raise SpulError(f"unknown prompt type {prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}")
 
@@ -62,8 +74,12 @@ class SoftPromptConfig(MethodConfig):
     init_prompt: str | None = option(None, "start from this saved prompt (needs --prompt-type prompt-tuning)")
     prompt_position: str = option(
         "prefix",
-        "prefix (the paper's: before the text) or suffix (after the template, right before the answer: "
-        "the text is read once without gradients; one-token answer words only)",
+        "prefix (the paper's: before the text), suffix (after the text, before the answer cue: the text "
+        "is read once without gradients; one-token answer words only) or auto (suffix where it can)",
+    )
+    prompt_init: str = option(
+        "random",
+        "prompt-tuning start: random (peft's N(0, 1)) or vocab (embeddings of random vocabulary tokens)",
     )
     text_cache_mb: int = option(
         2048, "suffix prompts: keep every training row's text states in memory up to this size (0: off)"
@@ -75,6 +91,8 @@ class SoftPromptConfig(MethodConfig):
             raise SpulError(
                 f"unknown prompt type {self.prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}"
             )
+        if self.prompt_init not in ("random", "vocab"):
+            raise SpulError(f"unknown prompt_init {self.prompt_init!r}; choose random or vocab")
         if self.text_cache_mb < 0:
             raise SpulError(f"text_cache_mb must be >= 0 (got {self.text_cache_mb})")
         if self.prompt_position not in PROMPT_POSITIONS:
@@ -91,6 +109,8 @@ class SoftPromptConfig(MethodConfig):
         if out["prompt_position"] == "prefix":
             del out["prompt_position"]
             del out["text_cache_mb"]
+        if out["prompt_init"] == "random":
+            del out["prompt_init"]
         return out
 
 
@@ -103,13 +123,19 @@ class SoftPromptMethod(Method):
         super().__init__(*args, **options)
         lm, c = self.lm, self.config
         token_dim = lm.model.get_input_embeddings().embedding_dim
-        config = prompt_config(c.prompt_type, c.num_virtual_tokens, c.encoder_hidden, token_dim)
+        config = prompt_config(
+            c.prompt_type, c.num_virtual_tokens, c.encoder_hidden, token_dim, c.prompt_init
+        )
         # peft wraps the model without copying it; we use the prompt encoder and feed embeddings ourselves
         # (peft's own forward ignores position ids, which matters with padding).
         start = None
         if c.init_prompt:
             start = saved_prompt(lm, c.init_prompt, c.prompt_type, c.num_virtual_tokens)
         self.tail = 0  # suffix prompts: template tokens after the prompt (its answer cue)
+        if c.prompt_position == "auto":  # recorded as the position it resolved to
+            words = [self.verbalizer, getattr(self, "generic", None)]
+            one_token = all(w is None or w.single_token for w in words)
+            c.prompt_position = "suffix" if one_token else "prefix"
         if c.prompt_position == "suffix":
             check_suffix_words(self.verbalizer, getattr(self, "generic", None))
             self.tail = answer_cue_length(self.encoder)
