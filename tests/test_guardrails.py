@@ -338,3 +338,43 @@ def test_gate_with_the_real_minilm_flags_the_forget_topic(tiny_lm):
         True,
         False,
     ]
+
+
+def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(tiny_lm, toy, tmp_path, fake_embedder):
+    """Gated SPUL: the gate is saved beside the prompt; flagged queries get the prompted answer, the
+    others exactly the model alone (one pass for both with a suffix prompt)."""
+    from spul.engine import score
+    from spul.guardrails import PROMPT
+    from spul.pipeline import train_artifact
+    from spul.prompting import Encoder, Template, Verbalizer
+    from spul.training import TrainConfig
+    from spul.unlearned import Unlearned
+
+    options = {"num_virtual_tokens": 2, "gate": True, "gate_embedder": fake_embedder}
+    for position in ("suffix", "prefix"):
+        out = tmp_path / position
+        manifest = train_artifact(
+            "spul", tiny_lm, toy, out, method_options=options | {"prompt_position": position},
+            config=TrainConfig(epochs=1, batch_size=4, lr=5e-2), show_progress=False,
+        )  # fmt: skip
+        assert (out / "guard.json").is_file() and manifest["hyperparameters"]["method"]["gate"] is True
+        model = Unlearned(tiny_lm, out, manifest)
+        assert model.guard is not None and model.guard.action == PROMPT
+        texts = toy.test_forget.texts + toy.test_retain.texts
+        flags = model.guard.flags(texts)
+        assert flags.any() and not flags.all()
+        template = Template()
+        verbalizer = Verbalizer.build(tiny_lm.tokenizer, toy.label_words, template)
+        encoder = Encoder(tiny_lm.tokenizer, template)
+        common = {"show_progress": False}
+        prompted = score(
+            tiny_lm, encoder, verbalizer, texts, [0] * len(texts), prefix_fn=model._prefix(), **common
+        )
+        plain = score(tiny_lm, encoder, verbalizer, texts, [0] * len(texts), **common)
+        got = model.predict(texts)
+        for row, flagged in enumerate(flags):
+            want = (prompted if flagged else plain).logprobs[row]
+            probs = np.exp(want - want.max())
+            probs /= probs.sum()
+            assert [got[row]["probabilities"][w] for w in verbalizer.words] == pytest.approx(probs, abs=1e-5)
+        assert model.evaluate(toy, show_progress=False) == manifest["metrics"]

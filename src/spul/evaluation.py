@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from spul.data.splits import SPLITS, UnlearningData
-from spul.engine import PrefixFn, score, score_with_and_without
-from spul.guardrails import Guard, apply_guard
+from spul.engine import PrefixFn, Scores, score, score_with_and_without
+from spul.guardrails import PROMPT, Guard, apply_guard
 from spul.metrics import split_metrics
 from spul.models import LoadedModel, load_model
 from spul.prompting import Encoder, Template, Verbalizer
@@ -36,20 +37,40 @@ def evaluate(
     table = {}
     for name in splits:
         split = data[name]
-        scores = score(
+        scores = guarded_score(
             lm,
             encoder,
             verbalizer,
             split.texts,
             split.labels,
-            batch_size=batch_size,
             prefix_fn=prefix_fn,
+            guard=guard,
+            batch_size=batch_size,
             description=name,
             show_progress=show_progress,
         )
-        scores = apply_guard(scores, split.texts, guard)
         table[name] = split_metrics(split.labels, scores.predicted, len(verbalizer), scores.logprobs)
     return table
+
+
+def guarded_score(
+    lm: LoadedModel,
+    encoder: Encoder,
+    verbalizer: Verbalizer,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    prefix_fn: PrefixFn | None = None,
+    guard: Guard | None = None,
+    **options: Any,
+) -> Scores:
+    """`engine.score` with the artifact's guard applied (a gated prompt: prompted where the guard flags
+    the text, the model alone elsewhere; both from one pass for a suffix prompt)."""
+    if guard is not None and guard.action == PROMPT and prefix_fn is not None:
+        prompted, plain = score_with_and_without(lm, encoder, verbalizer, texts, labels, prefix_fn, **options)
+        return apply_guard(prompted, texts, guard, plain)
+    scores = score(lm, encoder, verbalizer, texts, labels, prefix_fn=prefix_fn, **options)
+    return apply_guard(scores, texts, guard)
 
 
 def evaluate_with_and_without(
@@ -102,7 +123,8 @@ def compare(
         lambda base, adapter: load_model(base, adapter=adapter, **load_options)
     )
     rows = {}
-    if finetuned is unlearned.lm and unlearned.prompt is not None and unlearned.plain_encoder:
+    plain_prompt = unlearned.prompt is not None and unlearned.plain_encoder and unlearned.guard is None
+    if finetuned is unlearned.lm and plain_prompt:
         # a soft prompt over the fine-tuned model itself: both rows from one pass where it can
         rows[title], rows["Fine-tuned"] = evaluate_with_and_without(
             finetuned, data, unlearned.prefix_fn, template=template, batch_size=batch_size, show_progress=show

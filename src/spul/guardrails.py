@@ -23,7 +23,8 @@ from spul.engine import OTHER, Scores
 from spul.errors import SpulError
 
 GENERIC = "generic"  # the action of the filter and the gate: a flagged query gets the generic answer
-ACTIONS = (GENERIC,)
+PROMPT = "prompt"  # gated SPUL: a flagged query gets the soft prompt, the others the model alone
+ACTIONS = (GENERIC, PROMPT)
 Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, d) array
 MINILM = "all-MiniLM-L6-v2"
 
@@ -200,11 +201,23 @@ class Guard:
         return flags
 
 
-def apply_guard(scores: Scores, texts: Sequence[str], guard: Guard | None) -> Scores:
+def apply_guard(
+    scores: Scores, texts: Sequence[str], guard: Guard | None, unprompted: Scores | None = None
+) -> Scores:
     """`scores` with the guard's action on the rows it flags ("generic": OTHER and uniform label
-    log-probabilities, loss log K); unchanged without a guard."""
+    log-probabilities, loss log K; "prompt": `scores` are the prompted ones and the rows it does not flag
+    take `unprompted`'s); unchanged without a guard."""
     if guard is None or len(texts) == 0:
         return scores
+    if guard.action == PROMPT:
+        if unprompted is None:
+            raise SpulError("a gated prompt needs the scores without the prompt too")
+        keep = guard.flags(texts)
+        return Scores(
+            np.where(keep, scores.predicted, unprompted.predicted),
+            np.where(keep[:, None], scores.logprobs, unprompted.logprobs),
+            np.where(keep, scores.loss, unprompted.loss),
+        )
     flags = guard.flags(texts)
     if not flags.any():
         return scores

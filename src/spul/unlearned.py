@@ -15,9 +15,9 @@ import torch
 
 from spul.artifacts import read_manifest
 from spul.data.splits import UnlearningData
-from spul.engine import PrefixKV, score
-from spul.evaluation import evaluate
-from spul.guardrails import Guard, apply_guard
+from spul.engine import PrefixKV
+from spul.evaluation import evaluate, guarded_score
+from spul.guardrails import Guard
 from spul.methods import get_kind
 from spul.methods.kinds import base_adapter_of
 from spul.models import LoadedModel
@@ -85,17 +85,17 @@ class Unlearned:
     ) -> list[dict[str, Any]]:
         """Label and label probabilities (normalised over the label words) of each text, prompt applied (a
         text the guard flags: label "other", uniform probabilities)."""
-        scores = score(
+        scores = guarded_score(
             self.lm,
             self.encoder,
             self.verbalizer,
             texts,
             [0] * len(texts),
-            batch_size=batch_size,
             prefix_fn=self._prefix(),
+            guard=self.guard,
+            batch_size=batch_size,
             show_progress=show_progress,
         )
-        scores = apply_guard(scores, texts, self.guard)
         probs = np.exp(scores.logprobs - scores.logprobs.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         words = self.verbalizer.words

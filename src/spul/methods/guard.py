@@ -87,10 +87,7 @@ class GuardMethod(Method):
 
     def save(self, folder: Path) -> None:
         """guard.json (which rule, its action) and the rule's own files."""
-        guard = self.inference_guard()
-        write_json_atomic(
-            Path(folder) / GUARD_FILE, {"format": GUARD_FORMAT, "rule": self.name, "action": guard.action}
-        )
+        write_guard(Path(folder), self.name, self.inference_guard().action)
         self.save_rule(Path(folder))
 
 
@@ -210,17 +207,7 @@ class EmbeddingGateMethod(GuardMethod):
 
     def build(self, forget: list[str], retain: list[str], seed: int) -> TextGate:
         """Embed the rows, fit the gate on forget (1) vs retain (0)."""
-        folds = self.config.folds
-        if len(forget) < folds or len(retain) < folds:
-            raise SpulError(
-                f"gate: needs at least {folds} forget and {folds} retain training rows "
-                f"(got {len(forget)} and {len(retain)})"
-            )
-        embed = get_embedder(self.config.embedder)
-        vectors = embed(forget + retain)
-        gate = EmbeddingGate.fit(vectors[: len(forget)], vectors[len(forget) :], seed=seed, folds=folds)
-        gate.embedder_name = self.config.embedder
-        return TextGate(gate, embed)
+        return fit_text_gate(forget, retain, self.config.embedder, self.config.folds, seed)
 
     def save_rule(self, folder: Path) -> None:
         """gate.safetensors (the weights) + gate.json (bias, threshold, embedder)."""
@@ -231,6 +218,25 @@ class EmbeddingGateMethod(GuardMethod):
         """The gate saved in `folder`, with its embedder loaded."""
         gate = EmbeddingGate.load(folder)
         return TextGate(gate, get_embedder(gate.embedder_name))
+
+
+def fit_text_gate(forget: list[str], retain: list[str], embedder: str, folds: int, seed: int) -> TextGate:
+    """Embed the training rows and fit the gate on forget (1) vs retain (0)."""
+    if len(forget) < folds or len(retain) < folds:
+        raise SpulError(
+            f"gate: needs at least {folds} forget and {folds} retain training rows "
+            f"(got {len(forget)} and {len(retain)})"
+        )
+    embed = get_embedder(embedder)
+    vectors = embed(forget + retain)
+    gate = EmbeddingGate.fit(vectors[: len(forget)], vectors[len(forget) :], seed=seed, folds=folds)
+    gate.embedder_name = embedder
+    return TextGate(gate, embed)
+
+
+def write_guard(folder: Path, rule: str, action: str) -> None:
+    """guard.json: which rule (its files beside it) and what a query it flags gets."""
+    write_json_atomic(folder / GUARD_FILE, {"format": GUARD_FORMAT, "rule": rule, "action": action})
 
 
 RULES: dict[str, Callable[[Path], Flagger]] = {

@@ -300,9 +300,16 @@ class PromptKind(ArtifactKind):
             if position == "suffix":
                 check_suffix_words(verbalizer, None)
                 tail = answer_cue_length(Encoder(lm.tokenizer, template))
-                return Attached(prompt=SuffixPrompt(prompt, tail=tail))
+                return Attached(prompt=SuffixPrompt(prompt, tail=tail), guard=saved_guard(folder))
             states = prefix_kv(lm.model, prompt)
         if lm.autocast_dtype is not None:
             # serving only reads the frozen weights: cast them once instead of at every query
             cast_frozen_linears(lm.model, lm.autocast_dtype)
-        return Attached(prompt=prompt, prompt_states=states)
+        return Attached(prompt=prompt, prompt_states=states, guard=saved_guard(folder))
+
+
+def saved_guard(folder: Path):
+    """Gated SPUL: the gate saved beside the prompt (guard.json), else None."""
+    from spul.methods.guard import GUARD_FILE, load_guard
+
+    return load_guard(folder) if (Path(folder) / GUARD_FILE).is_file() else None

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from spul.errors import SpulError
+from spul.guardrails import MINILM, PROMPT, Guard
 from spul.methods.base import TrainBatch, TrainItem, register
 from spul.methods.config import option
+from spul.methods.guard import fit_text_gate, write_guard
 from spul.methods.losses import (
     answer_kl,
     answer_kl_topk,
@@ -37,6 +40,12 @@ class SpulConfig(SoftPromptConfig):
         "KL reference: recompute (a no-grad unprompted forward per step) or cached (once per row)",
     )
     kl_top_k: int | None = option(None, "cached KL reference: keep the top-k log-probs (none: all, exact)")
+    gate: bool = option(
+        False,
+        "gated SPUL: also fit the embedding gate on forget vs retain training rows; the prompt is applied "
+        "only to the queries it flags, the others see the model alone",
+    )
+    gate_embedder: str = option(MINILM, "gated SPUL: the gate's sentence embedder")
 
     def check(self) -> None:
         """Known forget loss and KL reference, non-negative weights."""
@@ -58,11 +67,14 @@ class SpulConfig(SoftPromptConfig):
                 del out[name]
         if "kl_reference" not in out:
             del out["kl_top_k"]
+        if not out["gate"]:
+            del out["gate"], out["gate_embedder"]
         return out
 
 
 FORGET_LOSSES = ("set", "random")
 CHECK_ROWS = 64  # training rows of each kind scored by the training check
+GATE_FOLDS = 5  # gated SPUL: cross-validation folds choosing the gate's threshold
 KL_REFERENCES = ("cached", "recompute")
 
 
@@ -79,9 +91,14 @@ class Spul(SoftPromptMethod):
         super().__init__(*args, **kwargs)
         self.generic_first = torch.tensor(sorted({w[0] for w in self.generic.token_ids}))
         self.reference: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # cached KL references
+        self.gate_rule = None  # gated SPUL: the gate fitted on the training rows
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label."""
+        if self.config.gate:
+            forget = [t for t, f in zip(texts, is_forget, strict=True) if f]
+            retain = [t for t, f in zip(texts, is_forget, strict=True) if not f]
+            self.gate_rule = fit_text_gate(forget, retain, self.config.gate_embedder, GATE_FOLDS, seed)
         rng = random.Random(seed)
         prompts = self.encoder.encode(texts)
         items = []
@@ -89,6 +106,17 @@ class Spul(SoftPromptMethod):
             answer = rng.choice(self.generic.token_ids) if forget else self.verbalizer.token_ids[label]
             items.append(TrainItem(prompt, answer, forget, label))
         return items
+
+    def inference_guard(self) -> Guard | None:
+        """Gated SPUL: the gate, whose flagged queries get the prompt."""
+        return Guard(self.gate_rule, PROMPT) if self.gate_rule is not None else None
+
+    def save(self, folder: Path) -> None:
+        """The prompt (peft folder); gated SPUL adds the gate's files and guard.json."""
+        super().save(folder)
+        if self.gate_rule is not None:
+            self.gate_rule.gate.save(Path(folder))
+            write_guard(Path(folder), "gate", PROMPT)
 
     def training_check(self, items, seed):
         """Scores a fixed seeded sample of training rows (up to CHECK_ROWS forget and CHECK_ROWS retain;
