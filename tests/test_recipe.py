@@ -259,7 +259,7 @@ def test_training_check_keeps_the_best_weights_and_stops_at_the_target(tiny_lm, 
     original = spul_method.Spul.training_check
 
     def always(self, items, seed):
-        return lambda: (0.0, True)
+        return (lambda: (0.0, True)), set()
 
     spul_method.Spul.training_check = always
     try:
@@ -268,3 +268,28 @@ def test_training_check_keeps_the_best_weights_and_stops_at_the_target(tiny_lm, 
     finally:
         spul_method.Spul.training_check = original
     assert manifest["stopped_at"] == 2 and manifest["steps"] == 2
+
+
+def test_rows_the_training_check_holds_out_are_never_trained_on(tiny_lm, toy, tmp_path, monkeypatch):
+    from spul.methods import spul as spul_method
+    from spul.pipeline import train_artifact
+
+    seen = []
+    real_loss = spul_method.Spul.loss
+
+    def loss(self, batch):
+        seen.extend(batch.batch.index)
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(
+        spul_method.Spul, "training_check", lambda self, items, seed: ((lambda: (0.0, False)), {0, 1})
+    )
+    monkeypatch.setattr(spul_method.Spul, "loss", loss)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, seed=0, check_every=2)
+    train_artifact("spul", tiny_lm, toy, tmp_path / "p", method_options={"num_virtual_tokens": 2}, config=cfg,
+                   show_progress=False)  # fmt: skip
+    assert (
+        seen
+        and not {0, 1} & set(seen)
+        and set(seen) == set(range(2, len(toy.train_retain) + len(toy.train_forget)))
+    )

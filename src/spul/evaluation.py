@@ -34,23 +34,29 @@ def evaluate(
     template = template or Template()
     encoder = encoder or Encoder(lm.tokenizer, template, max_length)
     verbalizer = Verbalizer.build(lm.tokenizer, data.label_words, template)
-    table = {}
+    options = {
+        "prefix_fn": prefix_fn,
+        "guard": guard,
+        "batch_size": batch_size,
+        "show_progress": show_progress,
+    }
+
+    def one(texts, labels, name):
+        return (guarded_score(lm, encoder, verbalizer, texts, labels, description=name, **options),)
+
+    return _tables(data, splits, len(verbalizer), one)[0]
+
+
+def _tables(data: UnlearningData, splits, num_labels: int, scorer) -> list[dict[str, dict[str, float]]]:
+    """One four-split table per Scores that `scorer(texts, labels, split name)` returns."""
+    tables: list[dict[str, dict[str, float]]] = []
     for name in splits:
         split = data[name]
-        scores = guarded_score(
-            lm,
-            encoder,
-            verbalizer,
-            split.texts,
-            split.labels,
-            prefix_fn=prefix_fn,
-            guard=guard,
-            batch_size=batch_size,
-            description=name,
-            show_progress=show_progress,
-        )
-        table[name] = split_metrics(split.labels, scores.predicted, len(verbalizer), scores.logprobs)
-    return table
+        results = scorer(split.texts, split.labels, name)
+        tables = tables or [{} for _ in results]
+        for table, scores in zip(tables, results, strict=True):
+            table[name] = split_metrics(split.labels, scores.predicted, num_labels, scores.logprobs)
+    return tables
 
 
 def guarded_score(
@@ -86,23 +92,15 @@ def evaluate_with_and_without(
     template = template or Template()
     encoder = Encoder(lm.tokenizer, template)
     verbalizer = Verbalizer.build(lm.tokenizer, data.label_words, template)
-    tables: tuple[dict, dict] = ({}, {})
-    for name in SPLITS:
-        split = data[name]
-        pair = score_with_and_without(
-            lm,
-            encoder,
-            verbalizer,
-            split.texts,
-            split.labels,
-            prefix_fn,
-            batch_size=batch_size,
-            description=name,
-            show_progress=show_progress,
-        )
-        for table, scores in zip(tables, pair, strict=True):
-            table[name] = split_metrics(split.labels, scores.predicted, len(verbalizer), scores.logprobs)
-    return tables
+
+    def pair(texts, labels, name):
+        return score_with_and_without(
+            lm, encoder, verbalizer, texts, labels, prefix_fn,
+            batch_size=batch_size, description=name, show_progress=show_progress,
+        )  # fmt: skip
+
+    with_prompt, without = _tables(data, SPLITS, len(verbalizer), pair)
+    return with_prompt, without
 
 
 def compare(

@@ -207,10 +207,14 @@ def train(
         return TrainResult()
     # References (e.g. the untrained model's answers) come before a checkpoint's weights are loaded.
     method.prepare(items)
-    check = method.training_check(items, config.seed) if config.check_every else None
+    check, held_out = None, set()
+    if config.check_every and (made := method.training_check(items, config.seed)) is not None:
+        check, held_out = made
+    # rows the check holds out are never trained on: the plan draws from the others
+    trained = [i for i in range(len(items)) if i not in held_out]
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    plan = BatchPlan(items, config)
+    plan = BatchPlan([items[i] for i in trained], config)
     steps_per_epoch = plan.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -258,7 +262,7 @@ def train(
     with _StopFlag() as stop, progress_bar(method.name, total=total_steps, enabled=show_progress) as advance:
         advance(step)
         while step < total_steps:
-            chosen = plan.rows(step)[rank::world]
+            chosen = [trained[i] for i in plan.rows(step)[rank::world]]
             loss, terms = method.loss(collate([items[i] for i in chosen], method, chosen))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -53,7 +53,11 @@ METHOD_FLAGS: dict[str, tuple[str, type, str]] = {
     "alpha": ("--alpha", float, "weight of the retain term (spul, ga_gd, ga_kl, npo) [default: 1; npo: 0]"),
     "beta": ("--beta", float, "spul: weight of the KL to the unprompted model [default: 0.5]"),
     "lora": ("--lora", bool, "ga, rl, ga_kl, ga_gd, npo: train a LoRA adapter, not every weight"),
-    "gate": ("--gate", bool, "spul: apply the prompt only to queries an embedding gate fit on the rows flags"),
+    "gate": (
+        "--gate",
+        bool,
+        "spul: apply the prompt only to queries an embedding gate fit on the rows flags",
+    ),
     "r": ("--lora-r", int, "LoRA rank (--lora, retrain) [default: 16]"),
     "npo_beta": ("--npo-beta", float, "npo: inverse temperature [default: 0.1]"),
     "shots": ("--icul-shots", int, "icul: demonstrations per query, the first flipped [default: 4]"),

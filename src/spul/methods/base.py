@@ -106,9 +106,11 @@ class Method(ABC):
         """The per-query guard to evaluate with (guardrail methods; None for the others)."""
         return None
 
-    def training_check(self, items: list[TrainItem], seed: int) -> Callable[[], tuple[float, bool]] | None:
-        """A cheap check on training rows for `TrainConfig.check_every`: () -> (score, target reached);
-        None where the method has none."""
+    def training_check(
+        self, items: list[TrainItem], seed: int
+    ) -> tuple[Callable[[], tuple[float, bool]], set[int]] | None:
+        """A cheap check for `TrainConfig.check_every`: (() -> (score, target reached), the item indices
+        it holds out of training); None where the method has none."""
         return None
 
     def prepare(self, items: list[TrainItem]) -> None:

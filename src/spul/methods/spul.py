@@ -119,21 +119,23 @@ class Spul(SoftPromptMethod):
             write_guard(Path(folder), "gate", PROMPT)
 
     def training_check(self, items, seed):
-        """Scores a fixed seeded sample of training rows (up to CHECK_ROWS forget and CHECK_ROWS retain;
-        cheap with a suffix prompt's cached text): the target is met when the forget rows' greedy answer
-        is their label at most `Target.forget_acc` % of the time and the retain rows' within
-        `Target.retain_drop` points of the unprompted model's. Score: retain ACC - forget ACC."""
+        """Every check scores CHECK_ROWS training forget rows and CHECK_ROWS retain rows held out of
+        training (seeded; cheap with a suffix prompt's cached text). The target is met when the forget
+        rows' greedy answer is their label at most `Target.forget_acc` % of the time and the held-out
+        retain rows' within `Target.retain_drop` points of the unprompted model's on them, which a
+        prompt cannot reach by memorising its retain rows (at most a quarter of them are held out).
+        Score: retain ACC - forget ACC."""
         from spul.target import Target
         from spul.training import collate
 
         rng = random.Random(seed)
-        sample = {
-            forget: sorted(rng.sample(rows, min(CHECK_ROWS, len(rows))))
-            for forget in (True, False)
-            if (rows := [i for i, it in enumerate(items) if it.is_forget == forget])
-        }
-        if len(sample) < 2:
+        forget = [i for i, it in enumerate(items) if it.is_forget]
+        retain = [i for i, it in enumerate(items) if not it.is_forget]
+        n_held = min(CHECK_ROWS, len(retain) // 4)  # at most a quarter of the retain rows
+        if not forget or n_held < 1:
             return None
+        forget = sorted(rng.sample(forget, min(CHECK_ROWS, len(forget))))
+        held_out = sorted(rng.sample(retain, n_held))
         first = [t[0] for t in self.verbalizer.token_ids]
 
         def accuracy(rows: list[int], prompted: bool) -> float:
@@ -147,14 +149,14 @@ class Spul(SoftPromptMethod):
                     right += sum(t == first[items[i].label] for t, i in zip(top, chunk, strict=True))
             return 100.0 * right / len(rows)
 
-        target, retain_before = Target(), accuracy(sample[False], prompted=False)
+        target, retain_before = Target(), accuracy(held_out, prompted=False)
 
         def check() -> tuple[float, bool]:
-            forget, retain = accuracy(sample[True], True), accuracy(sample[False], True)
-            reached = forget <= target.forget_acc and retain >= retain_before - target.retain_drop
-            return retain - forget, reached
+            forget_acc, retain_acc = accuracy(forget, True), accuracy(held_out, True)
+            reached = forget_acc <= target.forget_acc and retain_acc >= retain_before - target.retain_drop
+            return retain_acc - forget_acc, reached
 
-        return check
+        return check, set(held_out)
 
     def loss(self, batch: TrainBatch):
         """The three SPUL terms; each averaged over the forget or retain rows of the batch."""
