@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+from bench_forgetting import parse_value  # the benchmarks' own folder is on sys.path
 from transformers import get_cosine_schedule_with_warmup
 
 from spul.data import load_data
@@ -28,16 +29,6 @@ from spul.training import BatchPlan, TrainConfig, collate
 
 TRAIN_KEYS = {"batch": int, "share": float, "every": int, "wd": float, "clip": float}
 BASE = {"prompt_position": "suffix", "forget_loss": "set", "text_cache_mb": 100_000}
-
-
-def typed(text: str):
-    """An option value: int, float or text."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 class Lab:
@@ -148,7 +139,7 @@ def main() -> None:
         given = {k: v for k, v in (part.split("=", 1) for part in rest.split(","))}
         lr, steps = float(given.pop("lr")), int(given.pop("steps"))
         train = {k: TRAIN_KEYS[k](given.pop(k)) for k in list(given) if k in TRAIN_KEYS}
-        lab.run(name, {k: typed(v) for k, v in given.items()}, lr, steps, **train)
+        lab.run(name, {k: parse_value(v) for k, v in given.items()}, lr, steps, **train)
 
 
 if __name__ == "__main__":

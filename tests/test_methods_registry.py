@@ -115,7 +115,10 @@ def test_option_names_are_the_config_fields():
         "encoder_hidden",
         "init_prompt",
         "prompt_position",
+        "prompt_init",
         "text_cache_mb",
+        "gate",
+        "gate_embedder",
         "alpha",
         "beta",
     }
