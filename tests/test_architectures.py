@@ -153,3 +153,25 @@ def test_suffix_prompt_equals_rows_alone(name, tail):
         two = encoder.batch(prompts, [(5, 6)] * len(prompts), list(range(len(prompts))))
         with pytest.raises(SpulError, match="one-token answer"):
             engine.answer_logits(lm.model, two, engine.SuffixPrompt(suffix))
+
+
+@pytest.mark.parametrize("name", ["llama", SLIDING[0]])
+def test_suffix_aligned_logits_equal_the_row_alone(name):
+    """The audit's per-token logits with a suffix prompt: every input position predicts the next token as
+    the row alone with the prompt inserted does (the prompt's own positions dropped but its last)."""
+    from spul.suffix import SuffixPrompt, aligned_logits
+
+    lm = make_lm(name)
+    encoder = Encoder(lm.tokenizer, SHORT)
+    prompts = encoder.encode(TEXTS[:3])
+    batch = encoder.batch(prompts, [(5,)] * len(prompts), list(range(len(prompts))))
+    suffix = torch.randn(3, lm.model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    embed, tail = lm.model.get_input_embeddings(), 2
+    with torch.no_grad():
+        got = aligned_logits(lm.model, batch, SuffixPrompt(suffix, tail=tail))
+        for row, p in enumerate(prompts):
+            cut = len(p) - tail
+            parts = [embed(torch.tensor([p[:cut]])), suffix[None], embed(torch.tensor([p[cut:]]))]
+            full = lm.model(inputs_embeds=torch.cat(parts, 1)).logits[0]
+            want = torch.cat([full[: cut - 1], full[cut + 2 :]])  # drop the prompt's first p - 1 outputs
+            torch.testing.assert_close(got[row, -len(p) + 1 :], want[1:], atol=1e-4, rtol=0)

@@ -354,7 +354,11 @@ def test_every_registered_method_runs_in_an_experiment(workspace, tmp_path):
         config_dict(
             workspace["models"][:1],
             workspace["data"],
-            runs=[{"method": name, "training": {"batch_size": 8, "epochs": 1}} for name in names],
+            runs=[
+                {"method": name, "training": {"batch_size": 8, "epochs": 1}}
+                | ({"options": {"keywords": ["sandler"]}} if name == "filter" else {})
+                for name in names
+            ],
             artefacts=["table1", "figure1", "efficiency"],
         )
     )

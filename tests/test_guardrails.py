@@ -80,8 +80,8 @@ def test_apply_guard_gives_flagged_rows_the_generic_answer_and_leaves_the_rest()
     assert np.array_equal(guarded.logprobs[1], scores.logprobs[1]) and guarded.loss[1] == 1.0
     assert scores.predicted.tolist() == [1, 0, OTHER]  # the input is not changed
     assert apply_guard(scores, texts, None) is scores
-    with pytest.raises(SpulError, match="unknown guard action 'prompt'"):
-        Guard(KeywordFilter(("sandler",)), action="prompt")
+    with pytest.raises(SpulError, match="unknown guard action 'nope'"):
+        Guard(KeywordFilter(("sandler",)), action="nope")
 
 
 def test_text_gate_embeds_then_flags():

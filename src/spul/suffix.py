@@ -150,3 +150,25 @@ def answer_cue_length(encoder: Encoder) -> int:
         return 0
     ids = encoder.tokenizer(cue, add_special_tokens=False).input_ids
     return len(ids) if encoder.encode([""])[0][-len(ids) :] == ids else 0
+
+
+def aligned_logits(model: PreTrainedModel, batch: Batch, suffix: SuffixPrompt) -> torch.Tensor:
+    """Logits [B, T, vocab] at every input position of a left-padded batch whose rows end with the
+    template's tail, the suffix prompt inserted before it: position i predicts input token i + 1 as it
+    would without the prompt (the prompt's own positions are dropped but its last, which predicts the
+    first tail token). For statistics over every token (the membership audit)."""
+    cut = batch.input_ids.shape[1] - suffix.tail
+    mask = batch.attention_mask[:, :cut]
+    tail_ids = batch.input_ids[:, cut:]
+    embeds = torch.cat(
+        [model.get_input_embeddings()(batch.input_ids[:, :cut]), _prompt_and_tail(model, suffix, tail_ids)], 1
+    )
+    full_mask = torch.cat([mask, mask.new_ones(len(mask), embeds.shape[1] - cut)], dim=1)
+    masks = position_masks(model, full_mask, full_mask.shape[1])
+    logits = model(
+        inputs_embeds=embeds,
+        attention_mask=full_mask if masks is None else masks,
+        position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=False,
+    ).logits
+    return torch.cat([logits[:, : cut - 1], logits[:, cut + suffix.length - 1 :]], dim=1).float()

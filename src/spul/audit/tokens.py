@@ -11,6 +11,7 @@ from spul.engine import PrefixFn, answer_logits, shared_prefix
 from spul.models import LoadedModel
 from spul.progress import progress_bar
 from spul.prompting import Encoder, Verbalizer, length_sorted_batches
+from spul.suffix import SuffixPrompt, aligned_logits
 
 ROW_CHUNK = 4  # rows whose full-vocabulary statistics are computed at once (bounds memory)
 
@@ -54,7 +55,10 @@ def sequence_stats(
             batch = encoder.batch([seqs[i][:1] for i in index], [seqs[i][1:] for i in index], index)
             batch = batch.to(lm.device)
             with lm.autocast():
-                logits = answer_logits(lm.model, batch, prefix, share_prefix=False)
+                if isinstance(prefix, SuffixPrompt):  # the prompt sits inside the row: align the logits
+                    logits = aligned_logits(lm.model, batch, prefix)[:, -batch.targets.shape[1] :]
+                else:
+                    logits = answer_logits(lm.model, batch, prefix, share_prefix=False)
             for start in range(0, len(index), ROW_CHUNK):
                 rows = slice(start, start + ROW_CHUNK)
                 targets = batch.targets[rows]
