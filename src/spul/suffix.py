@@ -114,26 +114,32 @@ def suffix_forward(model: PreTrainedModel, batch: Batch, suffix: SuffixPrompt, *
     _check_suffix_batch(batch)
     window, _ = sliding_window(model)
     cut = batch.input_ids.shape[1] - suffix.tail
-    text_ids, tail_ids = batch.input_ids[:, :cut], batch.input_ids[:, cut:]
-    mask = batch.attention_mask[:, :cut]
     if suffix.share_text and window is None:
         # the whole text once (its last position is the unprompted answer), its cache cut before the tail
         text = text_states(model, batch, **kwargs)
         cache = returned_cache(text)
         if suffix.tail:
             cache.crop(-suffix.tail)
+        mask, tail_ids = batch.attention_mask[:, :cut], batch.input_ids[:, cut:]
         return suffix_over(model, mask, cache, suffix, tail_ids, **kwargs), text
-    embeds = torch.cat([model.get_input_embeddings()(text_ids), _prompt_and_tail(model, suffix, tail_ids)], 1)
+    return _inserted_forward(model, batch, suffix, **kwargs), None
+
+
+def _inserted_forward(model: PreTrainedModel, batch: Batch, suffix: SuffixPrompt, **kwargs):
+    """One pass over each row with the prompt inserted before its tail (masks over position ids)."""
+    cut = batch.input_ids.shape[1] - suffix.tail
+    mask = batch.attention_mask[:, :cut]
+    text = model.get_input_embeddings()(batch.input_ids[:, :cut])
+    embeds = torch.cat([text, _prompt_and_tail(model, suffix, batch.input_ids[:, cut:])], 1)
     full_mask = torch.cat([mask, mask.new_ones(len(mask), embeds.shape[1] - cut)], dim=1)
     masks = position_masks(model, full_mask, full_mask.shape[1])
-    out = model(
+    return model(
         inputs_embeds=embeds,
         attention_mask=full_mask if masks is None else masks,
         position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
         use_cache=False,
         **kwargs,
     )
-    return out, None
 
 
 def uses_text_cache(model: PreTrainedModel) -> bool:
@@ -158,17 +164,5 @@ def aligned_logits(model: PreTrainedModel, batch: Batch, suffix: SuffixPrompt) -
     would without the prompt (the prompt's own positions are dropped but its last, which predicts the
     first tail token). For statistics over every token (the membership audit)."""
     cut = batch.input_ids.shape[1] - suffix.tail
-    mask = batch.attention_mask[:, :cut]
-    tail_ids = batch.input_ids[:, cut:]
-    embeds = torch.cat(
-        [model.get_input_embeddings()(batch.input_ids[:, :cut]), _prompt_and_tail(model, suffix, tail_ids)], 1
-    )
-    full_mask = torch.cat([mask, mask.new_ones(len(mask), embeds.shape[1] - cut)], dim=1)
-    masks = position_masks(model, full_mask, full_mask.shape[1])
-    logits = model(
-        inputs_embeds=embeds,
-        attention_mask=full_mask if masks is None else masks,
-        position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
-        use_cache=False,
-    ).logits
+    logits = _inserted_forward(model, batch, suffix).logits
     return torch.cat([logits[:, : cut - 1], logits[:, cut + suffix.length - 1 :]], dim=1).float()
