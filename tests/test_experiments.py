@@ -304,11 +304,26 @@ def test_cell_ids_hash_the_settings_not_the_labels(workspace):
         ({"runs": [{"method": "spul", "training": {"epochs": "many"}}]}, "epochs"),
         ({"runs": [{"method": "spul", "sweep": {"alpha": []}}]}, "sweep 'alpha' has no values"),
         ({"models": ["a", "a"]}, "listed twice"),
+        ({"runs": [{"method": "spul", "recipe": "quick"}]}, "unknown recipe 'quick'"),
+        ({"runs": [{"method": "ga", "recipe": "fast"}]}, "SPUL recipe"),
     ],
 )
 def test_config_errors_name_the_field(workspace, change, message):
     with pytest.raises(SpulError, match=message):
         parse_config(config_dict(workspace["models"], workspace["data"]) | change)
+
+
+def test_a_recipe_is_the_starting_point_and_the_run_settings_win(workspace):
+    from spul.methods.spul import RECIPES
+
+    run = {"method": "spul", "recipe": "fast", "options": {"p": 3}, "training": {"epochs": 1}}
+    config = parse_config(config_dict(workspace["models"], workspace["data"], runs=[run]))
+    fast = RECIPES["fast"]
+    assert config.runs[0].training == fast["training"] | {"epochs": 1}
+    cell = next(c for c in Experiment(config, "x").cells if c.run is config.runs[0])
+    assert cell.options["num_virtual_tokens"] == 3  # `p` in the run beats the recipe's 10
+    assert cell.options["prompt_position"] == fast["method"]["prompt_position"]
+    assert cell.options["forget_loss"] == fast["method"]["forget_loss"]
 
 
 def test_unknown_method_fails_before_any_work(workspace, tmp_path):

@@ -109,13 +109,36 @@ class SelectEntry(Strict):
 
 
 class RunEntry(StageEntry):
-    """An unlearning run; `sweep` maps a key (alpha, beta, p, tau, lr, ...) to the values to try."""
+    """An unlearning run; `sweep` maps a key (alpha, beta, p, tau, lr, ...) to the values to try.
+
+    `recipe` (SPUL only) names a starting point from `spul.methods.spul.RECIPES`, as `spul unlearn
+    --recipe` does: its method options and training settings apply unless `options` / `training` say else.
+    """
 
     method: str
+    recipe: str | None = None
     label: str | None = None
     sweep: dict[str, list[Any]] = {}
     select: SelectEntry | None = None  # method tables show one chosen sweep point (a search), not all
     eval_each_epoch: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("recipe") is None:
+            return data
+        from spul.methods.spul import RECIPES
+
+        name = data["recipe"]
+        if data.get("method") != "spul":
+            method = data.get("method")
+            raise ValueError(f"recipe {name!r} is a SPUL recipe; method {method!r} does not take it")
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        data = dict(data)
+        data["options"] = RECIPES[name]["method"] | dict(data.get("options") or {})
+        data["training"] = RECIPES[name]["training"] | dict(data.get("training") or {})
+        return data
 
     @field_validator("sweep")
     @classmethod
