@@ -112,3 +112,19 @@ def test_unlearning_rows_are_a_share_of_the_rows_fine_tuned_on(toy):
     assert unlearned.train_retain.texts == finetuned.train_retain.texts
     assert set(evaluation.train_forget.texts) <= set(unlearned.train_forget.texts)
     assert len(evaluation.test_forget) == 3
+
+
+def test_unlearn_twice_with_one_seed_is_identical_and_another_seed_differs(tmp_path, tiny_model_dir, toy_dir):
+    def unlearn(out, seed):
+        result = invoke(
+            "unlearn", "--model", tiny_model_dir, "--data", toy_dir, "--out", out, "--seed", seed,
+            "--epochs", 2, "--batch-size", 4, "--p", 3, "-q",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        weights = {p.name: p.read_bytes() for p in sorted(out.glob("*.safetensors"))}
+        assert weights, sorted(p.name for p in out.iterdir())
+        return weights, json.loads((out / "spul.json").read_text())["metrics"]
+
+    first, again, other = (unlearn(tmp_path / name, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    assert first == again  # the same bytes and the same table
+    assert first[0] != other[0]

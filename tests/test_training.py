@@ -64,6 +64,59 @@ def test_spul_loss_matches_hand_computation(tiny_lm, toy):
     assert loss.item() == pytest.approx((l_f + 0.7 * l_r + 0.3 * l_kl).item(), abs=1e-4)
 
 
+@pytest.mark.parametrize("forget_loss", ["random", "set"])
+def test_spul_loss_with_three_labels_of_mixed_token_lengths(tiny_lm, toy, forget_loss):
+    """Label words of 1, 4 and 8 tokens and generic words of 1 and 5, padded into one batch."""
+    template = Template()
+    encoder = Encoder(tiny_lm.tokenizer, template)
+    verbalizer = Verbalizer.build(tiny_lm.tokenizer, ("negative", "superb", "dreadful"), template)
+    generic = Verbalizer.build(tiny_lm.tokenizer, ("neutral", "so-so"), template)
+    assert sorted(len(ids) for ids in verbalizer.token_ids) == [1, 4, 8]
+    assert sorted(len(ids) for ids in generic.token_ids) == [1, 5]
+    method = get_method("spul")(
+        tiny_lm,
+        encoder,
+        verbalizer,
+        generic,
+        alpha=0.7,
+        beta=0.3,
+        num_virtual_tokens=4,
+        forget_loss=forget_loss,
+    )
+    retain, forget = toy.train_retain.texts[:6], toy.train_forget.texts[:4]
+    labels = [i % 3 for i in range(10)]
+    items = method.items(retain + forget, labels, [False] * 6 + [True] * 4, seed=0)
+    loss, terms = method.loss(collate(items, method, list(range(len(items)))))
+
+    prefix = method.prompt().detach()
+
+    def answer_logprob(it, answer, prompt=prefix):
+        logp = full_logits(tiny_lm, it.prompt, answer, prompt)
+        return sum(logp[j, t] for j, t in enumerate(answer)), logp
+
+    retain_nll, kls, forget_nll = [], [], []
+    for it, label in zip(items, labels, strict=True):
+        if it.is_forget:
+            if forget_loss == "random":
+                assert it.answer in generic.token_ids
+                forget_nll.append(-answer_logprob(it, it.answer)[0])
+            else:  # -log p(any generic word's first token), then the row's own word's later tokens
+                logp = full_logits(tiny_lm, it.prompt, it.answer, prefix)
+                first = torch.logsumexp(logp[0, [g[0] for g in generic.token_ids]], 0)
+                forget_nll.append(-first - sum(logp[j, t] for j, t in enumerate(it.answer) if j > 0))
+        else:
+            assert it.answer == verbalizer.token_ids[label]
+            nll, logp = answer_logprob(it, it.answer)
+            retain_nll.append(-nll)
+            logq = full_logits(tiny_lm, it.prompt, it.answer)
+            kls.append((logp.exp() * (logp - logq)).sum())
+    l_f, l_r, l_kl = (torch.stack(x).mean() for x in (forget_nll, retain_nll, kls))
+    assert terms["L_f"] == pytest.approx(l_f.item(), abs=1e-4)
+    assert terms["L_r"] == pytest.approx(l_r.item(), abs=1e-4)
+    assert terms["L_kl"] == pytest.approx(l_kl.item(), abs=1e-5)
+    assert loss.item() == pytest.approx((l_f + 0.7 * l_r + 0.3 * l_kl).item(), abs=1e-4)
+
+
 def test_forget_rows_get_seeded_generic_labels(tiny_lm, toy):
     method = make_method(tiny_lm)
     a, b, c = items_of(method, toy, seed=1), items_of(method, toy, seed=1), items_of(method, toy, seed=2)

@@ -1,6 +1,8 @@
 """spul: machine unlearning for LLM classifiers with soft prompts."""
 
-__version__ = "0.1.0"
+from spul.version import __version__
+
+__all__ = ["__version__", "load_unlearned"]
 
 
 def load_unlearned(*args, **kwargs):

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-import spul
 from spul.errors import SpulError
 from spul.io import write_folder_atomic, write_json_atomic
+from spul.version import __version__
 
 MANIFEST = "spul.json"
 FORMAT = "spul/1"
@@ -122,7 +122,7 @@ def save_artifact(folder: Path, save_weights, manifest: dict[str, Any]) -> Path:
     """Write weights (via `save_weights(tmp_folder)`) and the manifest as one atomic folder swap."""
     manifest = {
         "format": FORMAT,
-        "spul_version": spul.__version__,
+        "spul_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     } | manifest
 
