@@ -30,6 +30,7 @@ from spul.cli.options import (
     SeedOpt,
     TemplateOpt,
     TestOpt,
+    bounded,
     gathered,
     load_full,
     make_template,
@@ -178,8 +179,15 @@ def audit_cmd(
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
     out: Annotated[Path, typer.Option(help="folder for audit.json and audit.md")] = Path("runs/audit"),
-    k: Annotated[float, typer.Option("--k", help="Min-K% / Min-K%++: fraction of lowest tokens")] = 0.2,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC intervals")] = 1000,
+    k: Annotated[
+        float,
+        typer.Option(
+            "--k", help="Min-K% / Min-K%++: fraction of lowest tokens", callback=bounded(0, 1, open_low=True)
+        ),
+    ] = 0.2,
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples for the AUC intervals (0: none)", callback=bounded(0))
+    ] = 1000,
     probe_retain: Annotated[bool, typer.Option(help="also probe the retain splits (control)")] = True,
     adapter: AdapterOpt = None,
     batch_size: BatchOpt = 16,

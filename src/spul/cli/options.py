@@ -7,12 +7,104 @@ import dataclasses
 import functools
 import inspect
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from spul.errors import SpulError
 from spul.reporting import console
+
+# -- option checks: each runs as its option is parsed, so a bad value stops the command before any data or
+# model loads, with click's one-line "Invalid value for '--option': ..." and exit code 2.
+
+
+def bounded(
+    low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False
+) -> Callable[[Any], Any]:
+    """An option callback refusing a number outside [low, high] (an end left out: unbounded; open_*: that
+    end excluded); None (not given) passes."""
+
+    def check(value):
+        below = low is not None and (value < low or (open_low and value == low))
+        above = high is not None and (value > high or (open_high and value == high))
+        if value is not None and (below or above):
+            if high is None:
+                span = f"{'>' if open_low else '>='} {low}"
+            elif low is None:
+                span = f"{'<' if open_high else '<='} {high}"
+            else:
+                span = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+            raise typer.BadParameter(f"must be {span}, got {value}")
+        return value
+
+    return check
+
+
+def _checked(rule):
+    """An option callback running `rule(value, ctx.params)`; its SpulError becomes a BadParameter."""
+
+    def check(ctx: typer.Context, value):
+        if value is None:
+            return value
+        try:
+            rule(value, ctx.params)
+        except SpulError as err:
+            raise typer.BadParameter(str(err)) from None
+        return value
+
+    return check
+
+
+def _word_rule(mine: str, other: str):
+    """Check this word list and, once the other list is parsed too, that the two agree (one rule set:
+    `spul.data.splits.check_words`)."""
+
+    def rule(value: str, params: dict) -> None:
+        from spul.data.splits import check_words
+
+        lists = {mine: words(value), other: None}
+        if isinstance(params.get(other), str):
+            lists[other] = words(params[other])
+        check_words(lists["label_words"], lists["generic_words"])
+
+    return rule
+
+
+def _template_rule(value: str, params: dict) -> None:
+    make_template(value)
+
+
+def _machine_rule(name: str):
+    """Check --device / --precision / --device-map with the rules the model loader applies."""
+
+    def rule(value: str, params: dict) -> None:
+        Machine.check_value(name, value)
+
+    return rule
+
+
+def _quiet(value: bool) -> bool:
+    """`-q`: besides spul's own bars, silence transformers' and the hub's progress bars and chatter."""
+    if value:
+        quiet_libraries()
+    return value
+
+
+def quiet_libraries() -> None:
+    """Hide the progress bars and info logs of transformers, huggingface_hub and datasets (for `-q`)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when `datasets` (hub data) is imported
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="smollm2-135m, a HuggingFace id, a folder or a .gguf")
@@ -27,21 +119,48 @@ DataDirOpt = Annotated[
 LimitOpt = Annotated[
     str | None, typer.Option(help="cap rows per split: N, or per split: train_retain=4000,test_retain=1000")
 ]
-SeedOpt = Annotated[int, typer.Option(help="seed for sampling, generic labels and training")]
-BatchOpt = Annotated[int, typer.Option(help="batch size")]
-DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA when present)")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")]
-DeviceMapOpt = Annotated[
-    str | None, typer.Option(help="'auto' spreads a model too big for one GPU over all GPUs (accelerate)")
+SeedOpt = Annotated[
+    int, typer.Option(help="seed for sampling, generic labels and training", callback=bounded(0))
 ]
-LabelWordsOpt = Annotated[str, typer.Option(help="comma-separated label words, in label order")]
-GenericWordsOpt = Annotated[str, typer.Option(help="comma-separated generic words for forget targets")]
+BatchOpt = Annotated[int, typer.Option(help="batch size", callback=bounded(1))]
+DEVICE_CHECK = _checked(_machine_rule("device"))
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA when present)", callback=DEVICE_CHECK)
+]
+PrecisionOpt = Annotated[
+    str, typer.Option(help="auto, fp32, bf16 or fp16", callback=_checked(_machine_rule("precision")))
+]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="'auto' spreads a model too big for one GPU over all GPUs (accelerate)",
+        callback=_checked(_machine_rule("device_map")),
+    ),
+]
+LabelWordsOpt = Annotated[
+    str,
+    typer.Option(
+        help="comma-separated label words, in label order",
+        callback=_checked(_word_rule("label_words", "generic_words")),
+    ),
+]
+GenericWordsOpt = Annotated[
+    str,
+    typer.Option(
+        help="comma-separated generic words for forget targets",
+        callback=_checked(_word_rule("generic_words", "label_words")),
+    ),
+]
 RegexOpt = Annotated[str | None, typer.Option(help="forget rule for raw data: rows matching this regex")]
 KeywordsOpt = Annotated[str | None, typer.Option(help="forget rule for raw data: comma-separated keywords")]
 TestOpt = Annotated[str | None, typer.Option(help="test file, when --data is a raw train file")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars", callback=_quiet)]
 TemplateOpt = Annotated[
-    str | None, typer.Option(help="prompt template with {text}, ending where the label word follows")
+    str | None,
+    typer.Option(
+        help="prompt template with {text}, ending where the label word follows",
+        callback=_checked(_template_rule),
+    ),
 ]
 PromptOpt = Annotated[str, typer.Option(help="saved unlearning prompt folder")]
 BaseModelOpt = Annotated[str | None, typer.Option(help="override the base model recorded in the prompt")]
@@ -53,7 +172,13 @@ EvalLimitOpt = Annotated[
 ]
 EvalEachOpt = Annotated[bool, typer.Option(help="evaluate after every epoch and keep the best epoch")]
 CkptOpt = Annotated[int, typer.Option(help="optimizer steps between checkpoints")]
-TauOpt = Annotated[float, typer.Option(help="fraction of train_forget to use (forget-set size experiments)")]
+TauOpt = Annotated[
+    float,
+    typer.Option(
+        help="fraction of train_forget to use (forget-set size experiments)",
+        callback=bounded(0, 1, open_low=True),
+    ),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +192,28 @@ class Machine:
     def loading(self) -> dict[str, Any]:
         """Keywords for `load_model` / `load_unlearned`."""
         return dataclasses.asdict(self)
+
+    @staticmethod
+    def check_value(name: str, value: str | None) -> None:
+        """SpulError for a device, precision or device map the model loader would refuse (none loaded)."""
+        if value is None:
+            return
+        import torch
+
+        from spul.models import PRECISIONS
+
+        if name == "precision" and value not in PRECISIONS:
+            raise SpulError(f"unknown precision {value!r}; choose one of {', '.join(PRECISIONS)}")
+        if name == "device_map" and value not in DEVICE_MAPS:
+            raise SpulError(f"unknown device map {value!r}; choose one of {', '.join(DEVICE_MAPS)}")
+        if name == "device":
+            try:
+                torch.device(value)
+            except (RuntimeError, ValueError):
+                raise SpulError(f"unknown device {value!r}; e.g. cpu, cuda, cuda:1, mps") from None
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 
 def user_errors(fn):

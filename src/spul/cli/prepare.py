@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from spul.cli.options import LabelWordsOpt, QuietOpt, SeedOpt, gathered, user_errors, words
+from spul.cli.options import (
+    DEVICE_CHECK,
+    LabelWordsOpt,
+    QuietOpt,
+    SeedOpt,
+    bounded,
+    gathered,
+    user_errors,
+    words,
+)
 from spul.errors import SpulError
 from spul.reporting import note, report_warnings
 
@@ -27,11 +36,11 @@ class Inputs:
     out: Annotated[Path, typer.Option(help="folder to write (replaced atomically if it exists)")]
     pool_resplit: Annotated[
         float | None,
-        typer.Option(help="pool train + test and re-split with this test fraction (the paper: 0.3)"),
+        typer.Option(help="pool train + test, re-split with this test fraction in (0, 1) (the paper: 0.3)"),
     ] = None
     max_rows: Annotated[
         int | None,
-        typer.Option(help="keep at most N seeded-random rows of train and of test (after pooling)"),
+        typer.Option(help="keep at most N >= 1 seeded-random rows of train and of test (after pooling)"),
     ] = None
     seed: SeedOpt = 0
     label_words: LabelWordsOpt = "negative,positive"
@@ -105,8 +114,11 @@ def cluster_cmd(
     forget_clusters: Annotated[str | None, typer.Option(help="comma-separated cluster ids to forget")] = None,
     n_forget: Annotated[int | None, typer.Option(help="forget this many seeded-random clusters")] = None,
     n_init: Annotated[int, typer.Option(help="k-means restarts")] = 10,
-    batch_size: Annotated[int, typer.Option(help="embedding batch size")] = 32,
-    device: Annotated[str | None, typer.Option(help="embedding device (default: CUDA when present)")] = None,
+    batch_size: Annotated[int, typer.Option(help="embedding batch size", callback=bounded(1))] = 32,
+    device: Annotated[
+        str | None,
+        typer.Option(help="embedding device (default: CUDA when present)", callback=DEVICE_CHECK),
+    ] = None,
     quiet: QuietOpt = False,
     inputs: Inputs = None,
 ) -> None:

@@ -20,6 +20,16 @@ LedgerOpt = Annotated[Path, typer.Option(help="the ledger file (JSON; created by
 DEFAULT_LEDGER = Path("runs/ledger.json")
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
+def _log_level(value: str) -> str:
+    """Refuse a log level uvicorn does not know (it would fail only after the model loads)."""
+    if value not in LOG_LEVELS:
+        raise typer.BadParameter(f"choose one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value
+
+
 @user_errors
 def serve_cmd(
     prompt: PromptOpt = "runs/prompt",
@@ -61,11 +71,17 @@ def serve_cmd(
     ] = 30.0,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help=f"uvicorn log level: {', '.join(LOG_LEVELS)}", callback=_log_level)
+    ] = "info",
 ) -> None:
     """HTTP service: POST /v1/classify, the unlearning prompt applied to every request (SIGHUP re-reads)."""
     pending = threading.Event()  # first of all: a SIGHUP while the model loads is queued, not fatal
     signal.signal(signal.SIGHUP, lambda *_: pending.set())
+    from spul.startup import held_sighups
+
+    if held_sighups():  # one came during start-up (spul.__main__ held it): re-read once serving
+        pending.set()
     from spul.serve.server import run_server
 
     for name, value in (

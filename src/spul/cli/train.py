@@ -10,7 +10,6 @@ import typer
 
 from spul.cli.options import (
     AdapterOpt,
-    BatchOpt,
     CkptOpt,
     DataDirOpt,
     DataOpt,
@@ -98,8 +97,9 @@ def _method_flag_group() -> type:
         if kind is bool:
             switch = typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text)
             fields.append((_parameter(flag), Annotated[bool, switch], False))
-        else:
-            option = typer.Option(flag, help=help_text)
+        else:  # a folder flag (--init-prompt) must name an existing folder
+            folder = {"exists": True, "file_okay": False} if kind is Path else {}
+            option = typer.Option(flag, help=help_text, **folder)
             fields.append((_parameter(flag), Annotated[kind | None, option], None))
     return make_dataclass("MethodFlags", fields, frozen=True)
 
@@ -113,7 +113,8 @@ def method_options(method: str, flags: Any, method_args: str | None) -> dict[str
     from spul.methods import get_method
 
     given = {name: getattr(flags, _parameter(flag)) for name, (flag, _, _) in METHOD_FLAGS.items()}
-    options = {n: (str(v) if isinstance(v, Path) else v) for n, v in given.items() if v not in (None, False)}
+    given = {n: v for n, v in given.items() if v is not None and v is not False}  # 0 is given, not unset
+    options = {n: (str(v) if isinstance(v, Path) else v) for n, v in given.items()}
     extra = parse_pairs(method_args, "--method-args")
     twice = sorted(set(options) & set(extra))
     if twice:
@@ -223,7 +224,7 @@ def finetune_cmd(
     model: ModelOpt = "smollm2-135m",
     epochs: EpochsOpt = 2,
     lr: LrOpt = 1e-4,
-    batch_size: BatchOpt = 32,
+    batch_size: Annotated[int, typer.Option(help="batch size")] = 32,
     r: Annotated[int, typer.Option("--lora-r", help="LoRA rank")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha")] = 64,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.1,
@@ -235,16 +236,17 @@ def finetune_cmd(
     run: RunArgs = RunArgs(),
 ) -> None:
     """Memorisation stage: LoRA fine-tune on train_retain + train_forget (label tokens only)."""
+    from spul.methods import get_method
     from spul.models import qlora_available
     from spul.training import TrainConfig
 
-    selection = run.selection()
-    rows = run.rows(selection)
+    flags = training_flags(run, epochs=epochs, lr=lr, batch_size=batch_size)
+    config = TrainConfig(**flags, seed=run.seed)
     options = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout}
     options["targets"] = list(words(targets))
-    config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=run.seed, checkpoint_every=run.checkpoint_every
-    )
+    get_method("finetune").resolve(options)  # nonsense refused before anything loads
+    selection = run.selection()
+    rows = run.rows(selection)
     lm = _load(model, run, qlora=qlora_available() if qlora is None else qlora)
     _train("finetune", run, selection, rows, lm, out, options, config)
 
@@ -305,6 +307,7 @@ def unlearn_cmd(
         from spul.methods.spul import recipe_settings
 
         options = recipe_settings(recipe)[0] | options
+    method_class.resolve(options)  # the method's own rules (e.g. --p >= 1), before anything loads
     if method_class.from_untouched_model and adapter is not None:
         note(f"note: {method} starts from the untouched model; --adapter {adapter} is not used")
         adapter = None
@@ -331,12 +334,18 @@ def _train_config(method_class, options, recipe, run: RunArgs, epochs, lr, batch
         base = TrainConfig(
             epochs=defaults.get("epochs", TrainConfig.epochs), lr=defaults.get("lr", TrainConfig.lr)
         )
-    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_grad_norm": max_grad_norm}
-    for flag, value in given.items():
-        if value is not None and value <= 0:
-            raise SpulError(f"--{flag.replace('_', '-')} must be > 0 (got {value})")
-    given = {k: v for k, v in given.items() if v is not None}
-    return replace(base, seed=run.seed, checkpoint_every=run.checkpoint_every, **given)
+    given = training_flags(run, epochs=epochs, lr=lr, batch_size=batch_size, max_grad_norm=max_grad_norm)
+    return replace(base, seed=run.seed, **given)
+
+
+def training_flags(run: RunArgs, **given: float | None) -> dict[str, Any]:
+    """The TrainConfig fields the training flags give (None: not given), with --checkpoint-every; a value
+    <= 0 (a crash, or a run that trains nothing) refused, naming its flag."""
+    given = {k: v for k, v in given.items() if v is not None} | {"checkpoint_every": run.checkpoint_every}
+    for name, value in given.items():
+        if value <= 0:
+            raise SpulError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+    return given
 
 
 def _unlearning_rows(run: RunArgs, selection: Selection):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -204,12 +204,7 @@ class UnlearningData:
 
     def _check_words(self) -> None:
         """Label words: at least two, distinct; generic words disjoint from them."""
-        words = [w.strip().lower() for w in self.label_words]
-        if len(words) < 2 or len(set(words)) != len(words) or not all(words):
-            raise DataError(f"label words must be at least two distinct words, got {list(self.label_words)}")
-        clash = sorted(set(words) & {w.strip().lower() for w in self.generic_words})
-        if clash:
-            raise DataError(f"generic words {clash} are also label words {list(self.label_words)}")
+        check_words(self.label_words, self.generic_words)
 
     def _check_labels(self, split: Split) -> None:
         """Every label is an index into the label words."""
@@ -219,6 +214,22 @@ class UnlearningData:
                     f"{split.where(i)}: label {label} outside 0..{len(self.label_words) - 1} "
                     f"(label words {list(self.label_words)})"
                 )
+
+
+def check_words(label_words: Sequence[str] | None, generic_words: Sequence[str] | None) -> None:
+    """Label words: at least two, distinct; generic words: at least one, none a label word (None: unknown
+    yet, not checked). DataError otherwise."""
+    words = [w.strip().lower() for w in label_words or ()]
+    if label_words is not None and (len(words) < 2 or len(set(words)) != len(words) or not all(words)):
+        raise DataError(f"label words must be at least two distinct words, got {list(label_words)}")
+    if generic_words is None:
+        return
+    generic = {w.strip().lower() for w in generic_words}
+    if not generic or not all(generic):
+        raise DataError(f"generic words must be at least one non-empty word, got {list(generic_words)}")
+    clash = sorted(set(words) & generic)
+    if clash:
+        raise DataError(f"generic words {clash} are also label words {list(label_words)}")
 
 
 def _examples(pairs: list[str], total: int) -> str:

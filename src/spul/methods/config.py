@@ -38,6 +38,13 @@ class MethodConfig:
     def check(self) -> None:
         """Refuse values that are typed right but make no sense (subclasses add their rules)."""
 
+    def require(self, name: str, ok: bool, rule: str) -> None:
+        """Unless `ok`, a SpulError naming the option (its flag and its name), the rule and the value."""
+        if not ok:
+            field = {f.name: f for f in dataclasses.fields(self)}[name]
+            flag = field.metadata.get("flag") or "--" + name.replace("_", "-")
+            raise SpulError(f"{flag} ({name}) must be {rule}, got {getattr(self, name)!r}")
+
     def training_defaults(self) -> dict[str, Any]:
         """TrainConfig fields this method changes by default (e.g. 1 epoch for the baselines)."""
         return {}

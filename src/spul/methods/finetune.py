@@ -26,6 +26,13 @@ class FinetuneConfig(MethodConfig):
     lora_dropout: float = option(0.1, "LoRA dropout")
     targets: list[str] = option(list(DEFAULT_TARGETS), "module names to adapt")
 
+    def check(self) -> None:
+        """A positive rank and alpha, a dropout probability, at least one module to adapt."""
+        self.require("r", self.r >= 1, ">= 1")
+        self.require("lora_alpha", self.lora_alpha >= 1, ">= 1")
+        self.require("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
+        self.require("targets", any(t.strip() for t in self.targets), "at least one module name")
+
 
 @register
 class LoraFinetune(Method):

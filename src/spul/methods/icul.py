@@ -149,6 +149,7 @@ class IculConfig(MethodConfig):
         """At least one shot: the flipped forget row."""
         if self.shots < 1:
             raise SpulError(f"icul: shots must be at least 1 (the flipped forget row), got {self.shots}")
+        self.require("retain_pool", self.retain_pool >= 0, ">= 0")
 
     def training_defaults(self) -> dict[str, Any]:
         """No epochs: ICUL does not train."""

@@ -86,7 +86,9 @@ class SoftPromptConfig(MethodConfig):
     )
 
     def check(self) -> None:
-        """A known prompt type and position."""
+        """A known prompt type and position, a prompt of at least one token and a positive MLP width."""
+        self.require("num_virtual_tokens", self.num_virtual_tokens >= 1, ">= 1")
+        self.require("encoder_hidden", self.encoder_hidden >= 1, ">= 1")
         if self.prompt_type not in PROMPT_TYPES:
             raise SpulError(
                 f"unknown prompt type {self.prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}"

@@ -48,6 +48,8 @@ class WeightConfig(MethodConfig):
         """The LoRA rank and alpha need lora=True."""
         if not self.lora and (self.r is not None or self.lora_alpha is not None):
             raise SpulError("the LoRA rank and alpha only apply with lora=True (--lora)")
+        self.require("r", self.r is None or self.r >= 1, ">= 1")
+        self.require("lora_alpha", self.lora_alpha is None or self.lora_alpha >= 1, ">= 1")
 
     def training_defaults(self) -> dict[str, Any]:
         """One epoch (as the paper's baselines); lr 1e-5 for full fine-tuning, 1e-4 with LoRA."""

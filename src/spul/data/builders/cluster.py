@@ -117,17 +117,22 @@ class CosineKMeans:
         return np.argmax(normalise(vectors) @ self.centres.T, axis=1)
 
 
+def check_forget_clusters(forget: Sequence[int], k: int) -> list[int]:
+    """The distinct forget cluster ids, sorted: some, not all, each among 0..k-1 (DataError else)."""
+    chosen = sorted({int(c) for c in forget})
+    if not chosen or not all(0 <= c < k for c in chosen):
+        raise DataError(f"forget clusters must be among 0..{k - 1}, got {list(forget)}")
+    if len(chosen) == k:
+        raise DataError(f"all {k} clusters chosen as forget clusters: nothing would be retained")
+    return chosen
+
+
 class ClusterRule(TextRule):
     """Forget texts whose embedding is closest (cosine) to one of the forget centres."""
 
     def __init__(self, model: CosineKMeans, forget: Sequence[int], embedder: Embedder) -> None:
         self.model = model
-        self.forget = sorted({int(c) for c in forget})
-        bad = [c for c in self.forget if not 0 <= c < model.k]
-        if bad or not self.forget:
-            raise DataError(f"forget clusters must be among 0..{model.k - 1}, got {list(forget)}")
-        if len(self.forget) == model.k:
-            raise DataError(f"all {model.k} clusters chosen as forget clusters: nothing would be retained")
+        self.forget = check_forget_clusters(forget, model.k)
         self.embedder = embedder if isinstance(embedder, PerText) else PerText(embedder)
 
     def assign(self, texts: Sequence[str]) -> np.ndarray:
@@ -173,6 +178,22 @@ def top_words(texts: Sequence[str], clusters: np.ndarray, k: int, n: int = TOP_W
     return result
 
 
+def check_clustering(
+    k: int, forget_clusters: Sequence[int] | None, n_forget: int | None, n_init: int
+) -> None:
+    """At least 2 clusters, either forget cluster ids (each a cluster) or a number of them, restarts >= 1."""
+    if k < 2:
+        raise DataError(f"k-means needs at least 2 clusters, got {k}")
+    if (forget_clusters is None) == (n_forget is None):
+        raise DataError("cluster builder: give either forget cluster ids or a number of forget clusters")
+    if n_forget is not None and not 1 <= n_forget < k:
+        raise DataError(f"number of forget clusters must be between 1 and {k - 1}, got {n_forget}")
+    if forget_clusters is not None:
+        check_forget_clusters(forget_clusters, k)
+    if n_init < 1:
+        raise DataError(f"n_init must be a positive integer, got {n_init}")
+
+
 def cluster_selector(
     embedder: Embedder,
     *,
@@ -183,12 +204,7 @@ def cluster_selector(
     n_init: int = 10,
 ) -> Callable[[Inputs], Selection]:
     """A builder step: fit cosine k-means on train, choose forget clusters, flag train and test texts."""
-    if (forget_clusters is None) == (n_forget is None):
-        raise DataError("cluster builder: give either forget cluster ids or a number of forget clusters")
-    if n_forget is not None and not 1 <= n_forget < k:
-        raise DataError(f"number of forget clusters must be between 1 and {k - 1}, got {n_forget}")
-    if n_init < 1:
-        raise DataError(f"n_init must be a positive integer, got {n_init}")
+    check_clustering(k, forget_clusters, n_forget, n_init)
     embedder = PerText(embedder)
 
     def select(inputs: Inputs) -> Selection:

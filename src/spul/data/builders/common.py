@@ -115,12 +115,19 @@ def read_inputs(
     return Inputs(Rows.from_split(splits["train"], "train"), Rows.from_split(splits["test"], "test"), sources)
 
 
-def pool_resplit(inputs: Inputs, test_fraction: float, seed: int) -> Inputs:
-    """Pool train and test, then draw a seeded random `test_fraction` of the pool as the new test set."""
-    if not 0.0 < test_fraction < 1.0:
+def check_sampling(test_fraction: float | None, max_rows: int | None) -> None:
+    """A pool-resplit test fraction in (0, 1) and a positive row cap (None: not used); DataError else."""
+    if test_fraction is not None and not 0.0 < test_fraction < 1.0:
         raise DataError(
             f"pool-resplit test fraction must be between 0 and 1 (exclusive), got {test_fraction}"
         )
+    if max_rows is not None and max_rows < 1:
+        raise DataError(f"max rows must be a positive integer, got {max_rows}")
+
+
+def pool_resplit(inputs: Inputs, test_fraction: float, seed: int) -> Inputs:
+    """Pool train and test, then draw a seeded random `test_fraction` of the pool as the new test set."""
+    check_sampling(test_fraction, None)
     pool = Rows.concat([inputs.train, inputs.test])
     n_test = round(test_fraction * len(pool))
     if not 0 < n_test < len(pool):
@@ -135,8 +142,7 @@ def pool_resplit(inputs: Inputs, test_fraction: float, seed: int) -> Inputs:
 
 def subsample(inputs: Inputs, max_rows: int, seed: int) -> Inputs:
     """Keep at most `max_rows` seeded-random rows of train and of test each (original order kept)."""
-    if max_rows < 1:
-        raise DataError(f"max rows must be a positive integer, got {max_rows}")
+    check_sampling(None, max_rows)
     parts = []
     for stream, rows in enumerate((inputs.train, inputs.test)):
         if len(rows) <= max_rows:

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spul.data.builders.cluster import Embedder, cluster_selector, sentence_embedder
-from spul.data.builders.common import prepare, read_inputs
+from spul.data.builders.cluster import Embedder, check_clustering, cluster_selector, sentence_embedder
+from spul.data.builders.common import check_sampling, prepare, read_inputs
 from spul.data.builders.entity import SPACY_MODEL, PeopleFinder, entity_selector, spacy_people
 from spul.data.builders.simple import id_selector, rule_selector
 from spul.data.rules import make_rule
@@ -27,6 +27,12 @@ class Common:
     pool_resplit: float | None = None  # pool train + test, re-split with this test fraction (paper: 0.3)
     max_rows: int | None = None  # seeded cap on train and on test rows, after pooling
     label_words: Sequence[str] = DEFAULT_LABEL_WORDS
+
+    def __post_init__(self) -> None:
+        check_sampling(self.pool_resplit, self.max_rows)  # before any file is read or model loads
+        for role, path in (("train", self.train), ("test", self.test)):
+            if not Path(path).is_file():
+                raise DataError(f"{path}: {role} file not found")
 
     def run(
         self, select, builder: str, options: dict, packages: Sequence[str] = (), started: float | None = None
@@ -93,6 +99,7 @@ def prepare_cluster(
 ) -> tuple[UnlearningData, dict]:
     """Forget = texts nearest to chosen (or seeded-random) cosine k-means centres fitted on train."""
     started = time.perf_counter()
+    check_clustering(k, forget_clusters, n_forget, n_init)  # before the embedder loads
     select = cluster_selector(
         embedder or sentence_embedder(batch_size=batch_size, device=device, show_progress=show_progress),
         k=k,
