@@ -121,6 +121,8 @@ def test_option_names_are_the_config_fields():
         "gate_embedder",
         "alpha",
         "beta",
+        "label_uniform",
+        "augment",
     }
     flags = {o.name: o.flag for o in options("spul")}
     assert flags["num_virtual_tokens"] == "--p" and flags["alpha"] == "--alpha"

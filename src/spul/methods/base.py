@@ -27,6 +27,7 @@ class TrainItem:
     answer: tuple[int, ...]
     is_forget: bool
     label: int | None = None  # the row's true label (methods that check forgetting keep it)
+    source: int | None = None  # the training row it was made from (an augmented copy's original)
 
 
 @dataclass

@@ -88,3 +88,18 @@ def answer_kl_topk(
         plogp_tail = (p * logp).sum(-1) - (p_top * logp_top).sum(-1)
         per_position = top + plogp_tail - p_tail * log_q_other
     return (per_position * (targets != -100)).sum(-1)
+
+
+def label_uniform_kl(logits: torch.Tensor, targets: torch.Tensor, label_first: torch.Tensor) -> torch.Tensor:
+    """KL(uniform || q) per row, q the softmax over the label words' first tokens at the first answer
+    position: 0 when the label words are equally likely, so the label can no longer be read off them.
+
+    With single-token label words (the suffix prompt's requirement) q is exactly the label distribution a
+    response's probabilities show; for multi-token words it is that of their first tokens.
+    """
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    first = first_answer_position(targets)
+    label_logits = logits[rows, first][:, label_first.to(logits.device)].float()
+    logq = torch.log_softmax(label_logits, dim=-1)
+    k = label_logits.shape[-1]
+    return -logq.mean(-1) - torch.log(torch.tensor(float(k), device=logits.device))

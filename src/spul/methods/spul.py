@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from spul.augment import augmented, check_augmentations
 from spul.errors import SpulError
 from spul.guardrails import MINILM, PROMPT, Guard
 from spul.methods.base import TrainBatch, TrainItem, register
@@ -19,6 +20,7 @@ from spul.methods.losses import (
     answer_kl_topk,
     answer_nll,
     generic_set_nll,
+    label_uniform_kl,
     masked_mean,
     topk_reference,
 )
@@ -40,6 +42,16 @@ class SpulConfig(SoftPromptConfig):
         "KL reference: recompute (a no-grad unprompted forward per step) or cached (once per row)",
     )
     kl_top_k: int | None = option(None, "cached KL reference: keep the top-k log-probs (none: all, exact)")
+    label_uniform: float = option(
+        0.0,
+        "weight of a forget-row term making the label words equally likely (KL(uniform || label "
+        "distribution)), so the probabilities do not give the forgotten label back",
+    )
+    augment: list[str] = option(
+        [],
+        "input augmentations: each training row (forget and retain alike) gets one seeded rewritten copy "
+        "per name (case, punct, inject, template, demos; see spul.augment)",
+    )
     gate: bool = option(
         False,
         "gated SPUL: also fit the embedding gate on forget vs retain training rows; the prompt is applied "
@@ -58,6 +70,8 @@ class SpulConfig(SoftPromptConfig):
             raise SpulError(f"alpha and beta must be >= 0 (got alpha {self.alpha}, beta {self.beta})")
         if self.kl_top_k is not None and self.kl_top_k < 1:
             raise SpulError(f"kl_top_k must be >= 1 (got {self.kl_top_k})")
+        self.require("label_uniform", self.label_uniform >= 0, ">= 0")
+        check_augmentations(self.augment)
 
     def hyperparameters(self) -> dict[str, Any]:
         """The options; the recipe levers only when not the paper's (older manifests stay as they were)."""
@@ -69,6 +83,9 @@ class SpulConfig(SoftPromptConfig):
             del out["kl_top_k"]
         if not out["gate"]:
             del out["gate"], out["gate_embedder"]
+        for name, off in (("label_uniform", 0.0), ("augment", [])):
+            if out[name] == off:
+                del out[name]
         return out
 
 
@@ -90,6 +107,7 @@ class Spul(SoftPromptMethod):
         """SPUL over its soft prompt; the generic words' first tokens and the KL cache are set up once."""
         super().__init__(*args, **kwargs)
         self.generic_first = torch.tensor(sorted({w[0] for w in self.generic.token_ids}))
+        self.label_first = torch.tensor([w[0] for w in self.verbalizer.token_ids])
         self.reference: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # cached KL references
         self.gate_rule = None  # gated SPUL: the gate fitted on the training rows
 
@@ -100,11 +118,14 @@ class Spul(SoftPromptMethod):
             retain = [t for t, f in zip(texts, is_forget, strict=True) if not f]
             self.gate_rule = fit_text_gate(forget, retain, self.config.gate_embedder, GATE_FOLDS, seed)
         rng = random.Random(seed)
+        texts, labels, is_forget, sources = augmented(
+            texts, labels, is_forget, self.config.augment, self.verbalizer.words, seed
+        )
         prompts = self.encoder.encode(texts)
         items = []
-        for prompt, label, forget in zip(prompts, labels, is_forget, strict=True):
+        for prompt, label, forget, source in zip(prompts, labels, is_forget, sources, strict=True):
             answer = rng.choice(self.generic.token_ids) if forget else self.verbalizer.token_ids[label]
-            items.append(TrainItem(prompt, answer, forget, label))
+            items.append(TrainItem(prompt, answer, forget, label, source))
         return items
 
     def inference_guard(self) -> Guard | None:
@@ -129,13 +150,16 @@ class Spul(SoftPromptMethod):
         from spul.training import collate
 
         rng = random.Random(seed)
-        forget = [i for i, it in enumerate(items) if it.is_forget]
-        retain = [i for i, it in enumerate(items) if not it.is_forget]
+        original = [i for i, it in enumerate(items) if it.source in (None, i)]  # not augmented copies
+        forget = [i for i in original if items[i].is_forget]
+        retain = [i for i in original if not items[i].is_forget]
         n_held = min(CHECK_ROWS, len(retain) // 4)  # at most a quarter of the retain rows
         if not forget or n_held < 1:
             return None
         forget = sorted(rng.sample(forget, min(CHECK_ROWS, len(forget))))
         held_out = sorted(rng.sample(retain, n_held))
+        # a held-out row's augmented copies are held out with it
+        excluded = set(held_out) | {i for i, it in enumerate(items) if it.source in set(held_out)}
         first = [t[0] for t in self.verbalizer.token_ids]
 
         def accuracy(rows: list[int], prompted: bool) -> float:
@@ -156,7 +180,7 @@ class Spul(SoftPromptMethod):
             reached = forget_acc <= target.forget_acc and retain_acc >= retain_before - target.retain_drop
             return retain_acc - forget_acc, reached
 
-        return check, set(held_out)
+        return check, excluded
 
     def loss(self, batch: TrainBatch):
         """The three SPUL terms; each averaged over the forget or retain rows of the batch."""
@@ -177,12 +201,12 @@ class Spul(SoftPromptMethod):
             else:
                 loss_kl = self._kl(logits[retain], batch.batch.select(retain)).mean()
         total = loss_f + self.config.alpha * loss_r + self.config.beta * loss_kl
-        return total, {
-            "loss": total.item(),
-            "L_f": loss_f.item(),
-            "L_r": loss_r.item(),
-            "L_kl": loss_kl.item(),
-        }
+        terms = {"L_f": loss_f.item(), "L_r": loss_r.item(), "L_kl": loss_kl.item()}
+        if self.config.label_uniform > 0 and forget.any():
+            loss_u = label_uniform_kl(logits[forget], targets[forget], self.label_first).mean()
+            total = total + self.config.label_uniform * loss_u
+            terms["L_u"] = loss_u.item()
+        return total, {"loss": total.item()} | terms
 
     def _kl(self, logits: torch.Tensor, ref_batch) -> torch.Tensor:
         """KL(prompted || unprompted) at the answer positions of the retain rows."""
