@@ -115,3 +115,21 @@ def test_the_training_check_holds_out_the_copies_of_its_held_out_rows(tiny_lm, t
     originals = {i for i in excluded if items[i].source == i}
     assert originals and all(not items[i].is_forget for i in excluded)
     assert excluded == {i for i, it in enumerate(items) if it.source in originals}
+
+
+def test_unlearn_takes_the_deep_options_and_records_them(tmp_path, tiny_model_dir, toy_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from spul.cli import app
+
+    out = tmp_path / "prompt"
+    args = ["unlearn", "--model", tiny_model_dir, "--data", toy_dir, "--out", out, "--epochs", 1, "--p", 2,
+            "-q", "--method-args", "augment=case,demos,label_uniform=0.5"]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    method = json.loads((out / "spul.json").read_text())["hyperparameters"]["method"]
+    assert method["augment"] == ["case", "demos"] and method["label_uniform"] == 0.5
+    bad = CliRunner().invoke(app, [str(a) for a in args[:-1]] + ["augment=shout"])
+    assert bad.exit_code == 2 and "unknown augmentation 'shout'" in bad.output

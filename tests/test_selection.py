@@ -164,6 +164,12 @@ def test_method_args_and_flags(tmp_path):
     assert parse_pairs("a=1,b=0.5,c=true,d=x", "--method-args") == {"a": 1, "b": 0.5, "c": True, "d": "x"}
     with pytest.raises(SpulError, match="given twice"):
         parse_pairs("a=1,a=2", "--method-args")
+    assert parse_pairs("augment=case,punct,label_uniform=1", "--method-args") == {
+        "augment": "case,punct",
+        "label_uniform": 1,
+    }
+    with pytest.raises(SpulError, match="expected key=value"):
+        parse_pairs("case,punct", "--method-args")
     result = invoke("unlearn", "--method", "ga", "--p", 3, "--out", tmp_path / "x")
     assert result.exit_code == 2 and "--method ga does not take --p" in result.output
     result = invoke("unlearn", "--method", "spul", "--method-args", "npo_beta=0.2", "--out", tmp_path / "x")

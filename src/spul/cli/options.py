@@ -273,18 +273,23 @@ def parse_value(text: str) -> bool | int | float | str:
 
 
 def parse_pairs(value: str | None, flag: str) -> dict[str, Any]:
-    """`k=v,k=v` as a dict of parsed values (SpulError naming the flag for a malformed or repeated key)."""
-    pairs: dict[str, Any] = {}
+    """`k=v,k=v` as a dict of parsed values (SpulError naming the flag for a malformed or repeated key); a
+    part without `=` continues the previous value as a list (`augment=case,punct`)."""
+    texts: dict[str, str] = {}
+    key = None
     for part in (value or "").split(","):
         if not part.strip():
             continue
-        key, sep, text = (s.strip() for s in part.partition("="))
-        if not sep or not key:
+        name, sep, text = (s.strip() for s in part.partition("="))
+        if not sep and key is not None:
+            texts[key] += "," + name
+            continue
+        if not sep or not name:
             raise SpulError(f"{flag} {value!r}: expected key=value,key=value")
-        if key in pairs:
-            raise SpulError(f"{flag} {value!r}: {key} is given twice")
-        pairs[key] = parse_value(text)
-    return pairs
+        if name in texts:
+            raise SpulError(f"{flag} {value!r}: {name} is given twice")
+        key, texts[name] = name, text
+    return {k: (t if "," in t else parse_value(t)) for k, t in texts.items()}
 
 
 def words(value: str) -> tuple[str, ...]:
