@@ -128,7 +128,10 @@ def test_table1_has_the_papers_layout_and_the_cells_numbers(finished):
     assert [r["method"] for r in rows] == methods * 2
     assert [r["model"] for r in rows] == ["tiny-0"] * 8 + ["tiny-1"] * 8
     # every number comes from the cell that produced it, in config order
-    lines = [line for line in markdown.splitlines() if line.startswith("| toy |")]
+    main, label_only = markdown.split("Label-only ACC (%) / label-margin AUC")
+    lines = [line for line in main.splitlines() if line.startswith("| toy |")]
+    label_lines = [line for line in label_only.splitlines() if line.startswith("| toy |")]
+    assert len(label_lines) == len(lines)
     entries = [(c, finished.result(c)) for c in finished.cells]
     for row, line, (cell, result) in zip(rows, lines, entries, strict=True):
         assert row["method"] == cell.label
@@ -138,6 +141,9 @@ def test_table1_has_the_papers_layout_and_the_cells_numbers(finished):
             result["metrics"][s] for s in ("train_retain", "train_forget", "test_retain", "test_forget")
         ]
         assert line.endswith(" | ".join(f"{m['acc']:.2f} / {m['f1']:.2f}" for m in metrics) + " |")
+        assert row["test_forget_label_acc"] == result["metrics"]["test_forget"]["label_acc"]
+    for line, (_, result) in zip(label_lines, entries, strict=True):
+        assert f" {result['metrics']['train_forget']['label_acc']:.2f} / " in line
     csv_rows = list(csv.DictReader((out / "table1.csv").open()))
     assert len(csv_rows) == 16 and float(csv_rows[2]["train_forget_acc"]) == rows[2]["train_forget_acc"]
 

@@ -78,12 +78,13 @@ def format_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
             rule,
         ]
         for name, table in labelled.items():
-            cells = [_label_cell(table.get(s)) for s in SPLITS]
+            cells = [label_cell(table.get(s)) for s in SPLITS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _label_cell(metrics: dict[str, float] | None) -> str:
+def label_cell(metrics: dict[str, float] | None) -> str:
+    """`label-only ACC / margin AUC` of one split's metrics, or `-` without them."""
     if not metrics or "label_acc" not in metrics:
         return "-"
     auc = metrics.get("margin_auc")

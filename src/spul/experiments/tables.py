@@ -10,12 +10,14 @@ from typing import Any
 from spul.data.splits import SPLITS
 from spul.experiments.cells import Cell
 from spul.experiments.selection import Search, select_runs
+from spul.metrics import label_cell
 
 # Columns a table may show besides its leading ones (only where their value differs between rows).
 # Sweep tables may show any setting; method tables (1, 4, efficiency) only what tells their rows apart
 # beyond the method itself, since methods differ in lr, epochs and options by design.
 CANDIDATE_KEYS = ("data", "model", "method", "tau", "p", "alpha", "beta", "lr", "epochs")
 ROW_KEYS = ("data", "model", "method")
+METRIC_KEYS = ("acc", "f1", "other", "n", "label_acc", "margin_auc")  # per split, in CSV and JSON
 HEADERS = {
     "trainable_parameters": "trainable parameters (share)",
     "model_parameters": "model parameters",
@@ -89,9 +91,31 @@ class Table:
             cells = [format_value(k, row["values"].get(k)) for k in self.keys]
             cells += [self._metric_cell(row, c) for c in self.metric_columns]
             lines.append("| " + " | ".join(cells) + " |")
+        lines += self._label_only(heads)
         if self.notes:
             lines += ["", *self.notes]
         return "\n".join(lines) + "\n"
+
+    def _label_only(self, heads: list[str]) -> list[str]:
+        """A second table: label-only ACC / label-margin AUC per split, for rows that have them."""
+        rows = [
+            r
+            for r in self.rows
+            if any(isinstance(m, dict) and "label_acc" in m for m in r["metrics"].values())
+        ]
+        if not rows or self.formatters:
+            return []
+        lines = [
+            "",
+            "Label-only ACC (%) / label-margin AUC per split: what the label probabilities give away.",
+            "",
+        ]
+        lines += ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
+        for row in rows:
+            cells = [format_value(k, row["values"].get(k)) for k in self.keys]
+            cells += [label_cell(row["metrics"].get(column)) for column in self.metric_columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        return lines
 
     def _metric_cell(self, row: dict[str, Any], column: str) -> str:
         if column in self.formatters:
@@ -107,7 +131,7 @@ class Table:
             for column in self.metric_columns:
                 value = row["metrics"].get(column)
                 if isinstance(value, dict):
-                    record |= {f"{column}_{m}": value[m] for m in ("acc", "f1", "other", "n") if m in value}
+                    record |= {f"{column}_{m}": value[m] for m in METRIC_KEYS if m in value}
                 else:
                     record[column] = value
             flat.append(record)
