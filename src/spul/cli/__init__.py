@@ -8,6 +8,7 @@ import typer
 
 from spul.cli.evaluate import audit_cmd, evaluate_cmd, predict_cmd
 from spul.cli.experiment import experiment_cmd
+from spul.cli.export import export_cmd
 from spul.cli.prepare import prepare_app
 from spul.cli.serve import requests_app, serve_cmd
 from spul.cli.train import finetune_cmd, unlearn_cmd
@@ -23,6 +24,7 @@ app.command("audit")(audit_cmd)
 app.command("experiment")(experiment_cmd)
 app.add_typer(prepare_app, name="prepare")
 app.command("serve")(serve_cmd)
+app.command("export")(export_cmd)
 app.add_typer(requests_app, name="requests")
 
 
