@@ -257,7 +257,14 @@ def test_probe_accuracy_rescores_only_changed_rows(toy, monkeypatch):
 
     monkeypatch.setattr(audit_report, "score", fake_score)
     unlearned = type(
-        "U", (), {"lm": None, "encoder": None, "verbalizer": ("negative", "positive"), "guard": None}
+        "U",
+        (),
+        {
+            "lm": None,
+            "encoder": None,
+            "verbalizer": Verbalizer(("negative", "positive"), ((1,), (2,))),
+            "guard": None,
+        },
     )()
     unlearned.prefix_fn = lambda: None
     finder = EntityFinder(method="capitalised-heuristic", lexicon={"sandler"})
@@ -356,3 +363,21 @@ def test_audit_end_to_end_writes_markdown_and_json(tmp_path, tiny_model_dir, toy
     assert "## Membership inference" in markdown and "| Min-K%++ |" in markdown
     assert "| entity_removed |" in markdown and "Goal: forget accuracy" in markdown
     assert "drop it" in markdown  # the limitation is stated in every report
+
+
+def test_template_imitation_and_relearning_probes():
+    from spul.audit.probes import RELEARN_PROBES, relearn
+
+    assert apply_probe("template_imitation", ["a film"])[0].startswith("a film\n\n### Sentiment: unknown")
+    assert set(RELEARN_PROBES.values()) == {"forget", "retain"}
+    pool = [(f"row {i}", "positive" if i % 2 else "negative") for i in range(6)]
+    texts = ["row 0", "row 3", "new text"]
+    probed = relearn(texts, pool, seed=0)
+    assert probed == relearn(texts, pool, seed=0) and probed != relearn(texts, pool, seed=1)
+    for text, out in zip(texts, probed, strict=True):
+        assert out.endswith(f"Review: {text}")
+        demos = out[: -len(f"Review: {text}")]
+        assert demos.count("Review: ") == 4 and f"Review: {text}\n" not in demos  # never the row itself
+        for shown, word in pool:
+            if f"Review: {shown}\n" in demos:
+                assert f"Review: {shown}\nLabel: {word}\n" in demos  # with its true label word

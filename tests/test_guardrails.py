@@ -239,7 +239,9 @@ def test_audit_probes_and_membership_stats_go_through_the_guard(toy, monkeypatch
 
     monkeypatch.setattr(audit_report, "score", fake_score)
     guard = Guard(KeywordFilter(("sandler",)))
-    unlearned = SimpleNamespace(lm=None, encoder=None, verbalizer=("negative", "positive"), guard=guard)
+    unlearned = SimpleNamespace(
+        lm=None, encoder=None, verbalizer=Verbalizer(("negative", "positive"), ((1,), (2,))), guard=guard
+    )
     unlearned.prefix_fn = lambda: None
     finder = EntityFinder(method="capitalised-heuristic", lexicon={"sandler"})
     table = audit_report.probe_table(unlearned, toy, finder, ("train_forget", "test_retain"), 8, False)

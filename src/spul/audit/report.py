@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from spul.audit.mia import SCORE_TITLES, SCORES, TokenStats, example_scores, membership_auc
-from spul.audit.probes import ENTITY_PROBES, PROBES, EntityFinder, apply_probe
+from spul.audit.probes import (
+    ENTITY_PROBES,
+    PROBES,
+    RELEARN_PROBES,
+    RELEARN_SHOTS,
+    EntityFinder,
+    apply_probe,
+    relearn,
+)
 from spul.audit.tokens import sequence_stats
 from spul.data.splits import FORGET_SPLITS, SPLITS, UnlearningData
 from spul.engine import score
@@ -53,10 +61,12 @@ def probe_table(
     splits: tuple[str, ...],
     batch_size: int,
     show_progress: bool,
+    seed: int = 0,
 ) -> dict[str, dict[str, dict]]:
-    """Accuracy of the prompted model on each split under each probe (only changed texts are re-scored)."""
+    """Accuracy (and label-only ACC / margin AUC) of the prompted model on each split under each probe;
+    only changed texts are re-scored."""
 
-    def predict(texts: list[str], labels: list[int], what: str) -> np.ndarray:
+    def predict(texts: list[str], labels: list[int], what: str) -> tuple[np.ndarray, np.ndarray]:
         scores = score(
             unlearned.lm,
             unlearned.encoder,
@@ -68,25 +78,40 @@ def probe_table(
             description=what,
             show_progress=show_progress,
         )
-        return apply_guard(scores, texts, unlearned.guard).predicted
+        guarded = apply_guard(scores, texts, unlearned.guard)
+        return guarded.predicted, guarded.logprobs
 
     k = len(unlearned.verbalizer)
+    words = unlearned.verbalizer.words
+    pools = {  # the relearning probes' demonstrations: (text, true label word) of train + test rows
+        kind: [
+            (t, words[y])
+            for s in (f"train_{kind}", f"test_{kind}")
+            for t, y in zip(data[s].texts, data[s].labels, strict=True)
+        ]
+        for kind in ("forget", "retain")
+    }
     table: dict[str, dict[str, dict]] = {"none": {}, **{p: {} for p in PROBES}}
     for split_name in splits:
         split = data[split_name]
         labels = np.asarray(split.labels)
-        base = predict(split.texts, split.labels, split_name)
-        table["none"][split_name] = split_metrics(labels, base, k) | {"changed": 0}
+        base, base_logprobs = predict(split.texts, split.labels, split_name)
+        table["none"][split_name] = split_metrics(labels, base, k, base_logprobs) | {"changed": 0}
         spans = finder.spans(split.texts)
         for probe in PROBES:
-            probed = apply_probe(probe, split.texts, spans if probe in ENTITY_PROBES else None)
+            if probe in RELEARN_PROBES:
+                probed = relearn(split.texts, pools[RELEARN_PROBES[probe]], seed)
+            else:
+                probed = apply_probe(probe, split.texts, spans if probe in ENTITY_PROBES else None)
             changed = np.array([a != b for a, b in zip(probed, split.texts, strict=True)], dtype=bool)
-            predicted = base.copy()
+            predicted, logprobs = base.copy(), base_logprobs.copy()
             if changed.any():
                 rows = np.flatnonzero(changed)
                 texts = [probed[i] for i in rows]
-                predicted[rows] = predict(texts, labels[rows].tolist(), f"{split_name} {probe}")
-            row = split_metrics(labels, predicted, k) | {"changed": int(changed.sum())}
+                predicted[rows], logprobs[rows] = predict(
+                    texts, labels[rows].tolist(), f"{split_name} {probe}"
+                )
+            row = split_metrics(labels, predicted, k, logprobs) | {"changed": int(changed.sum())}
             if changed.any():
                 row["acc_changed"] = 100.0 * float(np.mean(predicted[changed] == labels[changed]))
             table[probe][split_name] = row
@@ -133,7 +158,7 @@ def run_audit(
         data.train_forget.texts + data.test_forget.texts, data.train_retain.texts + data.test_retain.texts
     )
     splits = SPLITS if probe_retain else FORGET_SPLITS
-    probes = probe_table(unlearned, data, finder, splits, batch_size, show_progress)
+    probes = probe_table(unlearned, data, finder, splits, batch_size, show_progress, seed)
     forget_aucs = {s: mia["unlearned"]["forget"][s]["auc"] for s in SCORES}
     return {
         "models": model_labels(unlearned.prompt is not None, unlearned.guard is not None),
@@ -246,7 +271,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         "## Robustness probes (prompted model)",
         "",
-        f"Accuracy (%) under each rewrite of the texts; a generic answer counts as wrong. `changed` = rows "
+        f"Accuracy (%) under each rewrite of the texts; a generic answer counts as wrong; after `·` the "
+        f"label-only ACC (argmax over the label words: what returned probabilities give away). "
+        f"`relearn_*` write {RELEARN_SHOTS} correctly labelled rows of the forget (retain) pool before the "
+        f"text. `changed` = rows "
         f"the probe altered (the others keep their unprobed prediction; `acc_changed` in audit.json is the "
         f"accuracy on the changed rows alone). {_entity_note(report['probes'])}",
         "",
@@ -258,7 +286,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         "|---" * (1 + len(splits)) + "|",
     ]
     for probe, row in results.items():
-        cells = [f"{row[s]['acc']:.1f} ({row[s]['changed']}/{row[s]['n']})" for s in splits]
+        cells = [
+            f"{row[s]['acc']:.1f} ({row[s]['changed']}/{row[s]['n']})"
+            + (f" · {row[s]['label_acc']:.1f}" if "label_acc" in row[s] else "")
+            for s in splits
+        ]
         lines.append(f"| {probe} | " + " | ".join(cells) + " |")
     failed = [p for p, ok in report["goals"]["forget_acc_met"].items() if not ok]
     lines += [
