@@ -23,6 +23,7 @@ AUGMENT = "case,punct,inject,template,demos"
 VARIANTS = {
     "fast": ("", []),
     "uniform": ("label_uniform=1.0", []),
+    "uniform5": ("label_uniform=5.0", []),
     "augment": (f"augment={AUGMENT}", ["--epochs", "1"]),
     "uniform+augment": (f"label_uniform=1.0,augment={AUGMENT}", ["--epochs", "1"]),
 }
