@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -10,7 +11,17 @@ from typing import Annotated
 
 import typer
 
-from spul.cli.options import AdapterOpt, BaseModelOpt, DeviceOpt, PrecisionOpt, PromptOpt, user_errors, words
+from spul.cli.options import (
+    AdapterOpt,
+    BaseModelOpt,
+    DeviceOpt,
+    PrecisionOpt,
+    PromptOpt,
+    bounded,
+    gathered,
+    user_errors,
+    words,
+)
 from spul.errors import SpulError
 
 requests_app = typer.Typer(
@@ -30,7 +41,43 @@ def _log_level(value: str) -> str:
     return value
 
 
+@dataclasses.dataclass
+class ServeLimits:
+    """The service's limits, each checked before the model loads (passed to `run_server` as they are)."""
+
+    max_body_bytes: Annotated[
+        int, typer.Option(help="largest request body (else 413)", callback=bounded(1))
+    ] = 1_000_000
+    body_timeout: Annotated[
+        float,
+        typer.Option(help="seconds to receive a request body (else 408)", callback=bounded(0, open_low=True)),
+    ] = 10.0
+    max_texts: Annotated[int, typer.Option(help="most texts per request (else 422)", callback=bounded(1))] = (
+        64
+    )
+    max_text_chars: Annotated[
+        int, typer.Option(help="longest text in characters (else 422)", callback=bounded(1))
+    ] = 5_000
+    max_batch: Annotated[int, typer.Option(help="most texts per model batch", callback=bounded(1))] = 32
+    max_wait_ms: Annotated[
+        float, typer.Option(help="how long a batch waits for more requests", callback=bounded(0))
+    ] = 5.0
+    max_queued_texts: Annotated[
+        int, typer.Option(help="most texts waiting for the model (else 503)", callback=bounded(1))
+    ] = 4096
+    max_connections: Annotated[
+        int, typer.Option(help="most concurrent connections (else 503)", callback=bounded(1))
+    ] = 512
+    graceful_timeout: Annotated[
+        float,
+        typer.Option(
+            help="seconds to finish in-flight requests on shutdown", callback=bounded(0, open_low=True)
+        ),
+    ] = 30.0
+
+
 @user_errors
+@gathered("limits", ServeLimits)
 def serve_cmd(
     prompt: PromptOpt = "runs/prompt",
     model: BaseModelOpt = None,
@@ -58,22 +105,12 @@ def serve_cmd(
         ),
     ] = False,
     docs: Annotated[bool, typer.Option("--docs", help="serve /openapi.json (behind the API token)")] = False,
-    max_body_bytes: Annotated[int, typer.Option(help="largest request body (else 413)")] = 1_000_000,
-    body_timeout: Annotated[float, typer.Option(help="seconds to receive a request body (else 408)")] = 10.0,
-    max_texts: Annotated[int, typer.Option(help="most texts per request (else 422)")] = 64,
-    max_text_chars: Annotated[int, typer.Option(help="longest text in characters (else 422)")] = 5_000,
-    max_batch: Annotated[int, typer.Option(help="most texts per model batch")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="how long a batch waits for more requests")] = 5.0,
-    max_queued_texts: Annotated[int, typer.Option(help="most texts waiting for the model (else 503)")] = 4096,
-    max_connections: Annotated[int, typer.Option(help="most concurrent connections (else 503)")] = 512,
-    graceful_timeout: Annotated[
-        float, typer.Option(help="seconds to finish in-flight requests on shutdown")
-    ] = 30.0,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     log_level: Annotated[
         str, typer.Option(help=f"uvicorn log level: {', '.join(LOG_LEVELS)}", callback=_log_level)
     ] = "info",
+    limits: ServeLimits = None,
 ) -> None:
     """HTTP service: POST /v1/classify, the unlearning prompt applied to every request (SIGHUP re-reads)."""
     pending = threading.Event()  # first of all: a SIGHUP while the model loads is queued, not fatal
@@ -84,23 +121,9 @@ def serve_cmd(
         pending.set()
     from spul.serve.server import run_server
 
-    for name, value in (
-        ("max-texts", max_texts),
-        ("max-text-chars", max_text_chars),
-        ("max-batch", max_batch),
-        ("max-body-bytes", max_body_bytes),
-        ("max-queued-texts", max_queued_texts),
-        ("max-connections", max_connections),
-    ):
-        if value < 1:
-            raise SpulError(f"--{name} must be at least 1, got {value}")
-    for name, value in (("body-timeout", body_timeout), ("graceful-timeout", graceful_timeout)):
-        if not value > 0:
-            raise SpulError(f"--{name} must be above 0, got {value}")
-    if max_wait_ms < 0:
-        raise SpulError(f"--max-wait-ms must be at least 0, got {max_wait_ms}")
-    if max_queued_texts < max_texts:
-        raise SpulError(f"--max-queued-texts ({max_queued_texts}) must be at least --max-texts ({max_texts})")
+    if limits.max_queued_texts < limits.max_texts:
+        queued, texts = limits.max_queued_texts, limits.max_texts
+        raise SpulError(f"--max-queued-texts ({queued}) must be at least --max-texts ({texts})")
     run_server(
         prompt,
         model=model,
@@ -115,15 +138,7 @@ def serve_cmd(
         prompt_roots=prompt_root,
         return_probabilities=return_probabilities,
         docs=docs,
-        max_body_bytes=max_body_bytes,
-        body_timeout=body_timeout,
-        max_texts=max_texts,
-        max_text_chars=max_text_chars,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        max_queued_texts=max_queued_texts,
-        max_connections=max_connections,
-        graceful_timeout=graceful_timeout,
+        **dataclasses.asdict(limits),
         log_level=log_level,
         sighup_pending=pending,
     )
