@@ -267,14 +267,21 @@ def unlearn_cmd(
     adapter: AdapterOpt = None,
     tau: TauOpt = 1.0,
     epochs: Annotated[
-        int | None, typer.Option(help="training epochs [default: spul 10, retrain 2, other baselines 1]")
+        int | None,
+        typer.Option(help="training epochs [default: spul fast 4, paper 10; retrain 2; other baselines 1]"),
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="peak learning rate [default: 1e-4; full fine-tuning baselines 1e-5]"),
+        typer.Option(
+            help="peak learning rate [default: spul fast 2e-3, paper 1e-4; full fine-tuning baselines 1e-5]"
+        ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="batch size [default: 32]")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="gradient clipping norm [default: 0.3]")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="batch size [default: spul fast 16, others 32]")
+    ] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option(help="gradient clipping norm [default: spul fast 1.0, others 0.3]")
+    ] = None,
     recipe: Annotated[
         str | None,
         typer.Option(
@@ -296,12 +303,7 @@ def unlearn_cmd(
     method_class = get_method(method)
     options = method_options(method, flags, method_args)
     options = with_forget_rule(method_class, options, run.regex, run.keywords)  # the filter's default rule
-    if recipe is not None and method != "spul":
-        raise SpulError(f"--recipe is a SPUL recipe; --method {method} does not take it")
-    if method == "spul" and recipe is None:
-        from spul.methods.spul import DEFAULT_RECIPE
-
-        recipe = DEFAULT_RECIPE
+    recipe = _recipe(method, recipe)
     config = _train_config(method_class, options, recipe, run, epochs, lr, batch_size, max_grad_norm)
     if recipe is not None:
         from spul.methods.spul import recipe_settings
@@ -317,6 +319,17 @@ def unlearn_cmd(
     _train(method, run, selection, rows, _load(model, run, adapter), out, options, config, extra)
     if covers:
         _finish_ledger(ledger, covers[0], out, covers[1])
+
+
+def _recipe(method: str, recipe: str | None) -> str | None:
+    """The SPUL recipe to start from (the default one for spul); refused for other methods."""
+    if recipe is not None and method != "spul":
+        raise SpulError(f"--recipe is a SPUL recipe; --method {method} does not take it")
+    if method == "spul" and recipe is None:
+        from spul.methods.spul import DEFAULT_RECIPE
+
+        return DEFAULT_RECIPE
+    return recipe
 
 
 def _train_config(method_class, options, recipe, run: RunArgs, epochs, lr, batch_size, max_grad_norm):
