@@ -28,21 +28,30 @@ def resolve_token(token_file: str | Path | None, insecure_no_auth: bool, host: s
                 f"--insecure-no-auth is for local use only: bind to 127.0.0.1, not {host}, or give a token"
             )
         return None
-    if token_file is not None:
-        path = Path(token_file)
+    token, where = read_token(token_file, TOKEN_ENV, "API token")
+    if token is None:
+        raise SpulError(
+            f"no API token: set {TOKEN_ENV} or pass --token-file "
+            f"(or --insecure-no-auth for local use); {MAKE_ONE}"
+        )
+    return token
+
+
+def read_token(file: str | Path | None, env: str, role: str) -> tuple[str | None, str]:
+    """A token from `file`, else from $env (None when neither gives one), and where it came from; one that
+    is too short is refused, naming where it came from."""
+    if file is not None:
+        path = Path(file)
         if not path.is_file():
-            raise SpulError(f"{path}: token file not found")
+            raise SpulError(f"{path}: {role} file not found")
         token, where = path.read_text(encoding="utf-8").strip(), str(path)
     else:
-        token, where = os.environ.get(TOKEN_ENV, "").strip(), f"${TOKEN_ENV}"
+        token, where = os.environ.get(env, "").strip(), f"${env}"
         if not token:
-            raise SpulError(
-                f"no API token: set {TOKEN_ENV} or pass --token-file "
-                f"(or --insecure-no-auth for local use); {MAKE_ONE}"
-            )
+            return None, where
     if len(token) < MIN_TOKEN_CHARS:
-        raise SpulError(f"the API token in {where} is too short (< {MIN_TOKEN_CHARS} characters); {MAKE_ONE}")
-    return token
+        raise SpulError(f"the {role} in {where} is too short (< {MIN_TOKEN_CHARS} characters); {MAKE_ONE}")
+    return token, where
 
 
 def is_loopback(host: str) -> bool:
@@ -57,17 +66,9 @@ def is_loopback(host: str) -> bool:
 
 def resolve_admin_token(admin_token_file: str | Path | None, api_token: str | None) -> str | None:
     """The admin token (reloads) from --admin-token-file, else $SPUL_ADMIN_TOKEN; None = reloads off."""
-    if admin_token_file is not None:
-        path = Path(admin_token_file)
-        if not path.is_file():
-            raise SpulError(f"{path}: admin token file not found")
-        token, where = path.read_text(encoding="utf-8").strip(), str(path)
-    else:
-        token, where = os.environ.get(ADMIN_TOKEN_ENV, "").strip(), f"${ADMIN_TOKEN_ENV}"
-        if not token:
-            return None
-    if len(token) < MIN_TOKEN_CHARS:
-        raise SpulError(f"the admin token in {where} is too short (< {MIN_TOKEN_CHARS} chars); {MAKE_ONE}")
+    token, where = read_token(admin_token_file, ADMIN_TOKEN_ENV, "admin token")
+    if token is None:
+        return None
     if api_token is not None and secrets.compare_digest(token.encode(), api_token.encode()):
         raise SpulError(f"the admin token in {where} is the API token; give the admin role its own token")
     return token
