@@ -225,6 +225,10 @@ def _auc_cell(result: dict) -> str:
     return f"{result['auc']:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
 
 
+def _goal_line(goal: str, missed: list[str]) -> str:
+    return f"Goal: {goal}: " + ("met." if not missed else "not met for " + ", ".join(missed) + ".")
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as a short markdown document."""
     mia, settings = report["mia"], report["settings"]
@@ -263,11 +267,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         cells = [_auc_cell(mia[m][p][name]) for m in MODELS for p in PAIRS]
         lines.append(f"| {SCORE_TITLES[name]} | " + " | ".join(cells) + " |")
     low, high = report["goals"]["forget_auc_range"]
-    met = [SCORE_TITLES[s] for s, ok in report["goals"]["forget_auc_met"].items() if not ok]
+    missed = [SCORE_TITLES[s] for s, ok in report["goals"]["forget_auc_met"].items() if not ok]
     lines += [
         "",
-        f"Goal: unlearned forget AUC within [{low}, {high}] for every score: "
-        + ("met." if not met else "not met for " + ", ".join(met) + "."),
+        _goal_line(f"unlearned forget AUC within [{low}, {high}] for every score", missed),
         "",
         "## Robustness probes (prompted model)",
         "",
@@ -295,8 +298,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     failed = [p for p, ok in report["goals"]["forget_acc_met"].items() if not ok]
     lines += [
         "",
-        f"Goal: forget accuracy <= {report['goals']['forget_acc_max']:g}% under every probe: "
-        + ("met." if not failed else "not met for " + ", ".join(failed) + "."),
+        _goal_line(f"forget accuracy <= {report['goals']['forget_acc_max']:g}% under every probe", failed),
         "",
         "## What this does not show",
         "",
