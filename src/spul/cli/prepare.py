@@ -106,6 +106,7 @@ def entity_cmd(
     _done(inputs.out, data, manifest)
 
 
+# Same shape as entity_cmd (a command handing its options to a builder); only the options differ.
 @prepare_app.command("cluster")
 @user_errors
 @gathered("inputs", Inputs)

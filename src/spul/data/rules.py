@@ -261,6 +261,7 @@ def _renamed(split: Split, name: str) -> Split:
     return replace(split, name=name)
 
 
+# Its parameters mirror sources.load_folder on purpose: both loaders take the same options.
 def load_with_rule(
     train_path: str | Path,
     test_path: str | Path,

@@ -195,6 +195,7 @@ class GateConfig(MethodConfig):
         return {"epochs": 0}
 
 
+# Same shape as KeywordFilterMethod: the registry's class attributes and a build(); only the values differ.
 @register
 class EmbeddingGateMethod(GuardMethod):
     """A classifier over sentence embeddings before the model: flagged queries get the generic answer."""

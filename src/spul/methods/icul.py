@@ -156,6 +156,7 @@ class IculConfig(MethodConfig):
         return {"epochs": 0}
 
 
+# The class attributes every registered method declares (as npo.py and the others); values differ.
 @register
 class InContextUnlearning(Method):
     """Flipped-label forget demonstrations in the context; zero trainable parameters."""
