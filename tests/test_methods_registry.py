@@ -297,3 +297,18 @@ def test_a_new_method_is_one_class_and_one_config(tmp_path, tiny_model_dir, toy,
     predicted = unlearned.predict(toy.train_forget.texts)
     assert {p["label"] for p in predicted} <= {"negative", "positive", "other"}
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predicted)
+
+
+def test_method_flags_are_generated_from_the_configs():
+    """src/spul/cli/method_flags.py is `python -m spul.methods.docs` output for today's method configs."""
+    from pathlib import Path
+
+    from spul.methods.docs import command_line_flags, flags_module
+
+    generated = Path(__file__).resolve().parents[1] / "src" / "spul" / "cli" / "method_flags.py"
+    assert generated.read_text() == flags_module(), "regenerate: python -m spul.methods.docs > " + str(
+        generated
+    )
+    flags = command_line_flags()
+    assert flags["num_virtual_tokens"][:2] == ("--p", int) and flags["lora"][1] is bool
+    assert "npo: " in flags["alpha"][2] and "(default 0)" in flags["alpha"][2]  # every method taking it

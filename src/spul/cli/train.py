@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from spul.cli.method_flags import METHOD_FLAGS
 from spul.cli.options import (
     AdapterOpt,
     CkptOpt,
@@ -43,48 +44,6 @@ from spul.data.selection import Selection, parse_limit
 from spul.errors import SpulError
 from spul.reporting import note
 
-# method option -> (its flag, the flag's type); a flag left out leaves the method's default.
-# TODO(h2): the methods' config dataclasses can generate this table.
-METHOD_FLAGS: dict[str, tuple[str, type, str]] = {
-    "num_virtual_tokens": ("--p", int, "spul: number of virtual tokens [default: 30]"),
-    "prompt_type": ("--prompt-type", str, "spul: ptuning (the paper's) or prompt-tuning [default: ptuning]"),
-    "encoder_hidden": ("--encoder-hidden", int, "spul: P-tuning MLP hidden size [default: 128]"),
-    "alpha": ("--alpha", float, "weight of the retain term (spul, ga_gd, ga_kl, npo) [default: 1; npo: 0]"),
-    "beta": ("--beta", float, "spul: weight of the KL to the unprompted model [default: 0.5]"),
-    "lora": ("--lora", bool, "ga, rl, ga_kl, ga_gd, npo: train a LoRA adapter, not every weight"),
-    "gate": (
-        "--gate",
-        bool,
-        "spul: apply the prompt only to queries an embedding gate fit on the rows flags",
-    ),
-    "r": ("--lora-r", int, "LoRA rank (--lora, retrain) [default: 16]"),
-    "npo_beta": ("--npo-beta", float, "npo: inverse temperature [default: 0.1]"),
-    "shots": ("--icul-shots", int, "icul: demonstrations per query, the first flipped [default: 4]"),
-    "init_prompt": (
-        "--init-prompt",
-        Path,
-        "spul: start from this saved prompt (needs --prompt-type prompt-tuning)",
-    ),
-    "regex": ("--filter-regex", str, "filter: flag queries this regex matches [default: the --regex rule]"),
-    "keywords": (
-        "--filter-keywords",
-        str,
-        "filter: flag queries with one of these comma-separated words [default: the --keywords rule, "
-        "else names derived from the forget rows]",
-    ),
-    "ratio": (
-        "--filter-ratio",
-        float,
-        "filter: derived names are this many times rarer in retain [default: 10]",
-    ),
-    "embedder": (
-        "--gate-embedder",
-        str,
-        "gate: sentence embedder of the queries [default: all-MiniLM-L6-v2]",
-    ),
-    "folds": ("--gate-folds", int, "gate: cross-validation folds choosing the threshold [default: 5]"),
-}
-
 
 def _parameter(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
@@ -97,10 +56,10 @@ def _method_flag_group() -> type:
         if kind is bool:
             switch = typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text)
             fields.append((_parameter(flag), Annotated[bool, switch], False))
-        else:  # a folder flag (--init-prompt) must name an existing folder
-            folder = {"exists": True, "file_okay": False} if kind is Path else {}
-            option = typer.Option(flag, help=help_text, **folder)
-            fields.append((_parameter(flag), Annotated[kind | None, option], None))
+        else:
+            fields.append(
+                (_parameter(flag), Annotated[kind | None, typer.Option(flag, help=help_text)], None)
+            )
     return make_dataclass("MethodFlags", fields, frozen=True)
 
 
@@ -114,7 +73,9 @@ def method_options(method: str, flags: Any, method_args: str | None) -> dict[str
 
     given = {name: getattr(flags, _parameter(flag)) for name, (flag, _, _) in METHOD_FLAGS.items()}
     given = {n: v for n, v in given.items() if v is not None and v is not False}  # 0 is given, not unset
-    options = {n: (str(v) if isinstance(v, Path) else v) for n, v in given.items()}
+    options = dict(given)
+    if "init_prompt" in options and not Path(options["init_prompt"]).is_dir():  # before anything loads
+        raise SpulError(f"--init-prompt {options['init_prompt']}: the folder does not exist")
     extra = parse_pairs(method_args, "--method-args")
     twice = sorted(set(options) & set(extra))
     if twice:

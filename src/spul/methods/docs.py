@@ -77,3 +77,55 @@ def method_table() -> str:
             cells = [f"`{name}`", cls.trains_on, cls.objective, f"`{cls.kind}`", defaults_text(cls)]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def command_line_flags() -> dict[str, tuple[str, type, str]]:
+    """option name -> (its own `spul unlearn` flag, the flag's type, help): every registered method's
+    config field that declares a `flag`; the help names the methods taking it and their defaults. Other
+    options are given with `--method-args`."""
+    import dataclasses
+    import typing
+
+    found: dict[str, tuple[str, type, dict[tuple[str, str], list[str]]]] = {}
+    for name in sorted(METHODS, key=lambda n: (n != "spul", n)):
+        config = METHODS[name].config_class
+        hints = typing.get_type_hints(config)
+        for field in dataclasses.fields(config):
+            flag = field.metadata.get("flag")
+            if not flag:
+                continue
+            hint = hints[field.name]
+            arms = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            kind = arms[0] if arms[0] in (bool, int, float) else str  # lists and paths are written as text
+            opt = next(o for o in options_of(config) if o.name == field.name)
+            seen = found.setdefault(field.name, (flag, kind, {}))
+            if seen[0] != flag:
+                raise TypeError(f"option {field.name}: flags {seen[0]} and {flag} (one flag per option name)")
+            shown = opt.default is not None and opt.default is not False
+            default = f" (default {format_value(opt.default)})" if shown else ""  # rich eats [...]
+            seen[2].setdefault((opt.help, default), []).append(name)
+    return {
+        option: (flag, kind, "; ".join(f"{', '.join(ms)}: {h}{d}" for (h, d), ms in helps.items()))
+        for option, (flag, kind, helps) in found.items()
+    }
+
+
+def flags_module() -> str:
+    """The source of `spul/cli/method_flags.py` (generated, so the command line need not import the
+    methods, which load torch): `python -m spul.methods.docs > src/spul/cli/method_flags.py`."""
+    rows = "".join(
+        f"    {name!r}: ({flag!r}, {kind.__name__}, {help_text!r}),\n"
+        for name, (flag, kind, help_text) in command_line_flags().items()
+    )
+    return (
+        '"""The `spul unlearn` method flags, generated from the method configs (fields with a `flag`) by\n'
+        "`python -m spul.methods.docs > src/spul/cli/method_flags.py`; do not edit: the registry's test\n"
+        'checks it is current."""\n\n'
+        "# method option -> (its flag, the flag's type, help); a flag left out leaves the method's default.\n"
+        "# fmt: off\n"
+        f"METHOD_FLAGS: dict[str, tuple[str, type, str]] = {{\n{rows}}}\n"
+    )
+
+
+if __name__ == "__main__":
+    print(flags_module(), end="")

@@ -21,7 +21,7 @@ from spul.methods.weights import WeightConfig, WeightMethod
 class RetainTermConfig(WeightConfig):
     """The weight options plus alpha, the weight of the retain term."""
 
-    alpha: float = option(1.0, "weight of the retain term")
+    alpha: float = option(1.0, "weight of the retain term", flag="--alpha")
 
 
 @register

@@ -26,8 +26,8 @@ from spul.methods.weights import WeightConfig, missing_reference
 class NpoConfig(WeightConfig):
     """The weight options, NPO's inverse temperature, and alpha (0: plain NPO on the forget rows only)."""
 
-    npo_beta: float = option(0.1, "NPO's inverse temperature")
-    alpha: float = option(0.0, "weight of the retain CE (0: train on the forget rows only)")
+    npo_beta: float = option(0.1, "NPO's inverse temperature", flag="--npo-beta")
+    alpha: float = option(0.0, "weight of the retain CE (0: train on the forget rows only)", flag="--alpha")
 
     def check(self) -> None:
         """beta must be positive (and the LoRA options need lora)."""

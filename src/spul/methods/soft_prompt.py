@@ -68,10 +68,12 @@ class SoftPromptConfig(MethodConfig):
 
     kind = "prompt"
 
-    prompt_type: str = option("ptuning", "ptuning (the paper's) or prompt-tuning")
+    prompt_type: str = option("ptuning", "ptuning (the paper's) or prompt-tuning", flag="--prompt-type")
     num_virtual_tokens: int = option(30, "number of virtual tokens", flag="--p")
-    encoder_hidden: int = option(128, "P-tuning MLP hidden size")
-    init_prompt: str | None = option(None, "start from this saved prompt (needs --prompt-type prompt-tuning)")
+    encoder_hidden: int = option(128, "P-tuning MLP hidden size", flag="--encoder-hidden")
+    init_prompt: str | None = option(
+        None, "start from this saved prompt (needs --prompt-type prompt-tuning)", flag="--init-prompt"
+    )
     prompt_position: str = option(
         "prefix",
         "prefix (the paper's: before the text), suffix (after the text, before the answer cue: the text "

@@ -31,8 +31,8 @@ from spul.methods.soft_prompt import SoftPromptConfig, SoftPromptMethod
 class SpulConfig(SoftPromptConfig):
     """The soft prompt plus the weights of SPUL's retain and KL terms."""
 
-    alpha: float = option(1.0, "weight of the retain term")
-    beta: float = option(0.5, "weight of the KL to the unprompted model")
+    alpha: float = option(1.0, "weight of the retain term", flag="--alpha")
+    beta: float = option(0.5, "weight of the KL to the unprompted model", flag="--beta")
     forget_loss: str = option(
         "random",
         "forget term: random (CE of one generic word drawn per row, the paper's) or set (-log sum p(g))",
@@ -56,6 +56,7 @@ class SpulConfig(SoftPromptConfig):
         False,
         "gated SPUL: also fit the embedding gate on forget vs retain training rows; the prompt is applied "
         "only to the queries it flags, the others see the model alone",
+        flag="--gate",
     )
     gate_embedder: str = option(MINILM, "gated SPUL: the gate's sentence embedder")
 

@@ -35,7 +35,7 @@ LORA_R, LORA_ALPHA = 16, 64  # the LoRA rank and alpha with lora=True
 class WeightConfig(MethodConfig):
     """Full fine-tuning (default) or a LoRA adapter; 1 epoch, lr 1e-5 (1e-4 with LoRA)."""
 
-    lora: bool = option(False, "train a LoRA adapter, not every weight")
+    lora: bool = option(False, "train a LoRA adapter, not every weight", flag="--lora")
     r: int | None = option(None, f"LoRA rank (with --lora) [default: {LORA_R}]", flag="--lora-r")
     lora_alpha: int | None = option(None, f"LoRA alpha (with --lora) [default: {LORA_ALPHA}]")
 
