@@ -135,20 +135,27 @@ def test_good_options_still_reach_the_loaders(nothing_loads):
         assert "before the options were checked" in str(result.exception)
 
 
+CHATTER_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+
+
 @pytest.fixture
 def library_chatter():
-    """Restore transformers' and the hub's progress bars and verbosity after a `-q` run."""
-    from huggingface_hub.utils import enable_progress_bars
+    """Start with the libraries' default bars and logs (an earlier `-q` test in this process silenced
+    them: `-q` is process-wide) and put the state back afterwards."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
-    saved_env_datasets = os.environ.get("HF_DATASETS_DISABLE_PROGRESS_BARS")
+    saved = {k: os.environ.pop(k, None) for k in CHATTER_ENV}
     verbosity = transformers_logging.get_verbosity()
-    yield
+    bars = transformers_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
     transformers_logging.enable_progress_bar()
-    transformers_logging.set_verbosity(verbosity)
+    transformers_logging.set_verbosity_warning()
     enable_progress_bars()
-    for key, value in (saved | {"HF_DATASETS_DISABLE_PROGRESS_BARS": saved_env_datasets}).items():
+    yield
+    transformers_logging.set_verbosity(verbosity)
+    (transformers_logging.enable_progress_bar if bars[0] else transformers_logging.disable_progress_bar)()
+    (enable_progress_bars if bars[1] else disable_progress_bars)()
+    for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
