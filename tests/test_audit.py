@@ -338,8 +338,9 @@ def test_audit_end_to_end_writes_markdown_and_json(tmp_path, tiny_model_dir, toy
     for args in (
         ["finetune", "--out", ft, "--lora-r", 4, *common],
         ["unlearn", "--out", prompt, "--adapter", ft, "--p", 3, "--limit", "train_forget=8", *common],
-        ["audit", "--prompt", prompt, "--data", toy_dir, "--out", out, "--limit", 6, "--bootstrap", 50, "-q"],
-    ):
+        ["audit", "--prompt", prompt, "--data", toy_dir, "--out", out, "--limit", 6, "--bootstrap", 50, "-q",
+         "--attack-rows", 3, "--attack-budget", 4],
+    ):  # fmt: skip
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.output
     report = json.loads((out / "audit.json").read_text())
@@ -363,6 +364,24 @@ def test_audit_end_to_end_writes_markdown_and_json(tmp_path, tiny_model_dir, toy
     assert "## Membership inference" in markdown and "| Min-K%++ |" in markdown
     assert "| entity_removed |" in markdown and "Goal: forget accuracy" in markdown
     assert "drop it" in markdown  # the limitation is stated in every report
+    attack = report["adaptive_attack"]
+    assert attack["settings"] == {
+        "rows": 3,
+        "budget": 4,
+        "words": 5,
+        "vocabulary": 2000,
+        "feedback": "probabilities",
+    }
+    for model in ("fine_tuned", "unlearned"):
+        for split in ("train_forget", "test_forget"):
+            result = attack[model][split]
+            assert (
+                result["rows"] == 3
+                and 3 <= result["queries"] <= 12
+                and set(result["by_budget"]) == {"1", "4"}
+            )
+    assert report["goals"]["attack_met"] is None  # the goal's budget (200) was not reached
+    assert "## Adaptive black-box attack" in markdown and "| unlearned | test_forget |" in markdown
 
 
 def test_template_imitation_and_relearning_probes():

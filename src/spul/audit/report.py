@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from spul.audit.adaptive import AttackSettings, adaptive_attack, neutral_vocabulary
 from spul.audit.mia import SCORE_TITLES, SCORES, TokenStats, example_scores, membership_auc
 from spul.audit.probes import (
     ENTITY_PROBES,
@@ -24,10 +26,12 @@ from spul.guardrails import Guard, apply_guard
 from spul.io import write_json_atomic, write_text_atomic
 from spul.metrics import split_metrics
 from spul.pipeline import Unlearned
+from spul.progress import progress_bar
 from spul.prompting import Verbalizer
 
 AUC_GOAL = (0.45, 0.55)  # forget membership AUC of the unlearned model: no better than chance
 ACC_GOAL = 25.0  # forget accuracy (percent) under every probe
+ATTACK_GOAL = (200, 30.0)  # at 200 queries per row, at most 30% of test-forget rows recovered
 PAIRS = {"forget": ("train_forget", "test_forget"), "retain": ("train_retain", "test_retain")}
 MODELS = ("fine_tuned", "unlearned")
 
@@ -36,7 +40,9 @@ LIMITATIONS = [
     "fine-tuned model back, memorisation included (the fine_tuned rows of this report).",
     "Membership inference here sees the output distribution only; an attacker with the weights can also "
     "use gradients, hidden states or the base model as a reference.",
-    "The probes are a few fixed rewrites, not an adaptive attacker: passing them bounds nothing.",
+    "The probes are fixed rewrites and the adaptive attack a bounded random search over appended words; "
+    "passing them bounds nothing against a stronger attacker (more queries, gradient-based suffixes "
+    "transferred from the public base model).",
 ]
 
 
@@ -54,6 +60,65 @@ def mia_table(
     }
 
 
+def served_answers(
+    unlearned: Unlearned,
+    texts: list[str],
+    labels: list[int],
+    batch_size: int,
+    what: str = "scoring",
+    show_progress: bool = False,
+    prompted: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the service answers: the label index (or OTHER) and the label-word log-probabilities of each
+    text, with the prompt and guard (`prompted=False`: the fine-tuned model, both dropped)."""
+    scores = score(
+        unlearned.lm,
+        unlearned.encoder,
+        unlearned.verbalizer,
+        texts,
+        labels,
+        batch_size=batch_size,
+        prefix_fn=unlearned.prefix_fn if prompted else None,
+        description=what,
+        show_progress=show_progress,
+    )
+    guarded = apply_guard(scores, texts, unlearned.guard if prompted else None)
+    return guarded.predicted, guarded.logprobs
+
+
+def attack_table(
+    unlearned: Unlearned,
+    data: UnlearningData,
+    settings: AttackSettings,
+    batch_size: int,
+    seed: int,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """The adaptive attack on a seeded subset of each forget split, against both audited models."""
+    vocabulary = neutral_vocabulary(data.train_retain.texts, data.train_retain.labels, settings.vocabulary)
+    results: dict[str, Any] = {"settings": asdict(settings), "vocabulary_size": len(vocabulary)}
+    rng = np.random.default_rng(seed)
+    picks = {split: np.sort(rng.permutation(len(data[split]))[: settings.rows]) for split in FORGET_SPLITS}
+    for model, prompted in zip(MODELS, (False, True), strict=True):
+
+        def oracle(texts: list[str], labels: list[int], prompted: bool = prompted):
+            return served_answers(unlearned, texts, labels, batch_size, prompted=prompted)
+
+        results[model] = {}
+        for split in FORGET_SPLITS:
+            with progress_bar(f"attack {model} {split}", settings.budget, show_progress) as advance:
+                results[model][split] = adaptive_attack(
+                    oracle,
+                    [data[split].texts[i] for i in picks[split]],
+                    [data[split].labels[i] for i in picks[split]],
+                    vocabulary,
+                    settings,
+                    seed=seed,
+                    advance=advance,
+                )
+    return results
+
+
 def probe_table(
     unlearned: Unlearned,
     data: UnlearningData,
@@ -67,19 +132,7 @@ def probe_table(
     only changed texts are re-scored."""
 
     def predict(texts: list[str], labels: list[int], what: str) -> tuple[np.ndarray, np.ndarray]:
-        scores = score(
-            unlearned.lm,
-            unlearned.encoder,
-            unlearned.verbalizer,
-            texts,
-            labels,
-            batch_size=batch_size,
-            prefix_fn=unlearned.prefix_fn,
-            description=what,
-            show_progress=show_progress,
-        )
-        guarded = apply_guard(scores, texts, unlearned.guard)
-        return guarded.predicted, guarded.logprobs
+        return served_answers(unlearned, texts, labels, batch_size, what, show_progress)
 
     k = len(unlearned.verbalizer)
     words = unlearned.verbalizer.words
@@ -129,8 +182,10 @@ def run_audit(
     probe_retain: bool = True,
     members: dict[str, Any] | None = None,
     show_progress: bool = True,
+    attack: AttackSettings | None = None,
 ) -> dict[str, Any]:
-    """Membership inference (model without and with the prompt) and probes on the prompted model."""
+    """Membership inference (model without and with the prompt), probes on the prompted model and the
+    adaptive attack on both (`attack=None` or `rows=0`: no attack)."""
     lm, manifest = unlearned.lm, unlearned.manifest
     generic = Verbalizer.build(lm.tokenizer, manifest["generic_words"], unlearned.template)
     k_labels = len(unlearned.verbalizer)
@@ -160,6 +215,8 @@ def run_audit(
     splits = SPLITS if probe_retain else FORGET_SPLITS
     probes = probe_table(unlearned, data, finder, splits, batch_size, show_progress, seed)
     forget_aucs = {s: mia["unlearned"]["forget"][s]["auc"] for s in SCORES}
+    attacked = attack is not None and attack.rows > 0
+    adaptive = attack_table(unlearned, data, attack, batch_size, seed, show_progress) if attacked else None
     return {
         "models": model_labels(unlearned.prompt is not None, unlearned.guard is not None),
         "prompt": str(unlearned.folder),
@@ -182,9 +239,21 @@ def run_audit(
             "forget_acc_met": {
                 p: all(probes[p][s]["acc"] <= ACC_GOAL for s in FORGET_SPLITS) for p in probes
             },
+            "attack_recovered_max": ATTACK_GOAL[1],
+            "attack_met": _attack_met(adaptive),
         },
+        "adaptive_attack": adaptive,
         "limitations": LIMITATIONS,
     }
+
+
+def _attack_met(adaptive: dict[str, Any] | None) -> bool | None:
+    """Whether the unlearned model's test-forget rows stay unrecovered at the goal's budget (None: the
+    attack did not run, or with a smaller budget)."""
+    budget, most = ATTACK_GOAL
+    test_forget = (adaptive or {}).get("unlearned", {}).get("test_forget", {})
+    outcome = test_forget.get("by_budget", {}).get(str(budget))
+    return None if outcome is None else outcome["recovered"] <= most
 
 
 def guarded_stats(
@@ -300,12 +369,52 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         _goal_line(f"forget accuracy <= {report['goals']['forget_acc_max']:g}% under every probe", failed),
         "",
+        *_attack_lines(report.get("adaptive_attack"), report["goals"]),
         "## What this does not show",
         "",
         *[f"- {item}" for item in report["limitations"]],
         "",
     ]
     return "\n".join(lines)
+
+
+def _attack_lines(adaptive: dict[str, Any] | None, goals: dict[str, Any]) -> list[str]:
+    """The adaptive attack's section of the markdown (nothing when it did not run)."""
+    if not adaptive:
+        return []
+    settings = adaptive["settings"]
+    budgets = list(next(iter(adaptive["unlearned"].values()))["by_budget"])
+    lines = [
+        "## Adaptive black-box attack",
+        "",
+        f"Per row, a search over {settings['words']} appended words from {adaptive['vocabulary_size']} "
+        f"label-neutral words of the retain texts, {settings['feedback']} feedback, up to "
+        f"{settings['budget']} queries (query 1 = the row as it is), on {settings['rows']} seeded rows per "
+        "forget split. `recovered` = some query was answered with the true label (an oracle upper bound: "
+        "the search knows when it succeeded). `first label` = how often the first query answered with a "
+        "label word got the true label: what an attacker who does not know the label learns (about 50% "
+        "with two labels = nothing).",
+        "",
+        "| model | split | " + " | ".join(f"recovered @{b}" for b in budgets) + " | first label correct |",
+        "|---" * (3 + len(budgets)) + "|",
+    ]
+    for model in MODELS:
+        for split, result in adaptive[model].items():
+            outcomes = result["by_budget"]
+            last = outcomes[budgets[-1]]
+            first = last["first_label_correct"]
+            answered = f"(of {last['answered_a_label']:.0f}% answered)"
+            first_cell = "—" if first is None else f"{first:.1f} {answered}"
+            cells = [f"{outcomes[b]['recovered']:.1f}" for b in budgets]
+            lines.append(f"| {model} | {split} | " + " | ".join(cells) + f" | {first_cell} |")
+    met = goals.get("attack_met")
+    budget, most = ATTACK_GOAL
+    goal = f"test-forget rows recovered at {budget} queries <= {most:g}%"
+    if met is None:
+        lines += ["", f"Goal: {goal}: not checked (the budget was below {budget})."]
+    else:
+        lines += ["", _goal_line(goal, [] if met else ["the unlearned model's test_forget"])]
+    return [*lines, ""]
 
 
 def write_report(out: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -170,8 +170,47 @@ def predict_cmd(
         typer.echo(json.dumps({"text": text} | result, ensure_ascii=False))
 
 
+def one_of(*choices: str):
+    """An option callback refusing a value outside `choices`."""
+
+    def check(value):
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+@dataclass
+class AttackOptions:
+    """The adaptive attack's bounds (`spul.audit.adaptive.AttackSettings`, without the `attack_` prefix)."""
+
+    attack_rows: Annotated[
+        int,
+        typer.Option(
+            help="rows per forget split the adaptive attack searches (0: no attack)", callback=bounded(0)
+        ),
+    ] = 100
+    attack_budget: Annotated[int, typer.Option(help="queries per row", callback=bounded(1))] = 200
+    attack_words: Annotated[int, typer.Option(help="words appended per query", callback=bounded(1))] = 5
+    attack_feedback: Annotated[
+        str,
+        typer.Option(
+            help="what the attacker sees: probabilities (greedy search) or labels (random walk)",
+            callback=one_of("probabilities", "labels"),
+        ),
+    ] = "probabilities"
+
+    def settings(self):
+        """The library's settings object (imported here: the command line does not import torch)."""
+        from spul.audit.adaptive import AttackSettings
+
+        return AttackSettings(**{k.removeprefix("attack_"): v for k, v in asdict(self).items()})
+
+
 @user_errors
 @gathered("machine", Machine)
+@gathered("attack", AttackOptions)
 def audit_cmd(
     prompt: PromptOpt = "runs/prompt",
     data: DataOpt = "sst2-paper",
@@ -195,9 +234,11 @@ def audit_cmd(
     keywords: KeywordsOpt = None,
     test: TestOpt = None,
     machine: Machine = None,
+    attack: AttackOptions = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Membership inference without / with the prompt and robustness probes: audit.md + audit.json."""
+    """Membership inference without / with the prompt, robustness probes and an adaptive black-box attack:
+    audit.md + audit.json."""
     from spul.artifacts import read_manifest
     from spul.audit.members import audit_data
     from spul.audit.report import run_audit, to_markdown, write_report
@@ -219,6 +260,7 @@ def audit_cmd(
         probe_retain=probe_retain,
         members=members,
         show_progress=not quiet,
+        attack=attack.settings(),
     )
     json_path, md_path = write_report(out, report)
     typer.echo(to_markdown(report))
