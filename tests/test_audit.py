@@ -349,9 +349,22 @@ def test_audit_end_to_end_writes_markdown_and_json(tmp_path, tiny_model_dir, toy
     assert report["members"]["in_finetune_data"]["train_forget"] == {"members": 6, "seen_by_finetune": 6}
     for model in ("fine_tuned", "unlearned"):
         for pair in ("forget", "retain"):
-            for name in ("loss", "label_loss", "zlib", "min_k", "min_k_pp", "generic"):
+            names = (
+                "loss",
+                "label_loss",
+                "zlib",
+                "min_k",
+                "min_k_pp",
+                "generic",
+                "loss_ref",
+                "label_loss_ref",
+            )
+            assert tuple(report["mia"][model][pair]) == names
+            for name in names:
                 cell = report["mia"][model][pair][name]
                 assert 0.0 <= cell["auc"] <= 1.0 and cell["members"] == cell["nonmembers"] == 6
+                low, high = cell["tpr_at_1%_fpr_ci95"]
+                assert 0.0 <= low <= high <= 1.0
     results = report["probes"]["results"]
     assert set(results) == {"none", *PROBES}
     assert set(results["none"]) == {"train_retain", "train_forget", "test_retain", "test_forget"}
@@ -362,6 +375,7 @@ def test_audit_end_to_end_writes_markdown_and_json(tmp_path, tiny_model_dir, toy
     assert results["uppercase"]["test_forget"]["changed"] == 6
     assert set(report["goals"]["forget_acc_met"]) == set(results)
     assert "## Membership inference" in markdown and "| Min-K%++ |" in markdown
+    assert report["reference_model"] == str(tiny_model_dir) and "| LOSS − reference LOSS |" in markdown
     assert "| entity_removed |" in markdown and "Goal: forget accuracy" in markdown
     assert "drop it" in markdown  # the limitation is stated in every report
     attack = report["adaptive_attack"]

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
 SCORES = ("loss", "label_loss", "zlib", "min_k", "min_k_pp", "generic")
+# reference-calibrated scores (open-unlearning's ReferenceAttack, the ratio at the heart of RMIA): the
+# score minus the same score under a reference model that never saw any row (the base model before the
+# fine-tune), which removes how easy a text is in itself
+CALIBRATED = {"loss_ref": "loss", "label_loss_ref": "label_loss"}
 SCORE_TITLES = {
     "loss": "LOSS (mean token NLL)",
     "label_loss": "label-word NLL",
@@ -25,6 +29,8 @@ SCORE_TITLES = {
     "min_k": "Min-K%",
     "min_k_pp": "Min-K%++",
     "generic": "P(generic answer)",
+    "loss_ref": "LOSS − reference LOSS",
+    "label_loss_ref": "label-word NLL − reference",
 }
 
 
@@ -81,6 +87,13 @@ def example_scores(stats: Sequence[TokenStats], k: float = 0.2) -> dict[str, np.
     }
 
 
+def calibrated_scores(
+    target: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The reference-calibrated scores: each target score minus the reference model's (higher = member)."""
+    return {name: target[base] - reference[base] for name, base in CALIBRATED.items()}
+
+
 def rank_auc(members: np.ndarray, nonmembers: np.ndarray) -> np.ndarray:
     """ROC AUC by the Mann-Whitney U statistic (ties count half); vectorised over leading axes."""
     members, nonmembers = np.asarray(members, float), np.asarray(nonmembers, float)
@@ -89,33 +102,54 @@ def rank_auc(members: np.ndarray, nonmembers: np.ndarray) -> np.ndarray:
     return (ranks[..., :m].sum(-1) - m * (m + 1) / 2) / (m * n)
 
 
+def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> np.ndarray:
+    """True-positive rate of the best threshold whose false-positive rate is at most `fpr` (as read off
+    scikit-learn's ROC curve; predicted member = score >= threshold); vectorised over leading axes."""
+    members, nonmembers = np.asarray(members, float), np.asarray(nonmembers, float)
+    n = nonmembers.shape[-1]
+    allowed = int(np.floor(fpr * n + 1e-9))  # false positives the rate allows
+    if allowed >= n:
+        return np.ones(members.shape[:-1])
+    # the threshold must lie above the (allowed + 1)-th largest non-member score
+    bar = np.sort(nonmembers, axis=-1)[..., n - allowed - 1]
+    return (members > bar[..., None]).mean(-1)
+
+
+TPR_FPRS = (0.01, 0.05)
+
+
 def membership_auc(
     members: Sequence[float],
     nonmembers: Sequence[float],
     *,
     bootstrap: int = 1000,
     seed: int = 0,
-    fpr: float = 0.05,
 ) -> dict[str, float | list[float] | int]:
-    """ROC AUC (members labelled 1, higher score = member; 0.5 = no signal), a bootstrap 95% interval,
-    and the true-positive rate at a low false-positive rate."""
+    """ROC AUC (members labelled 1, higher score = member; 0.5 = no signal) and the true-positive rates at
+    1% and 5% false positives, each with a bootstrap 95% interval (`bootstrap=0`: none)."""
     members, nonmembers = np.asarray(members, float), np.asarray(nonmembers, float)
     if len(members) == 0 or len(nonmembers) == 0:
         raise ValueError("membership AUC needs at least one member and one non-member")
     y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
-    scores = np.r_[members, nonmembers]
-    auc = float(roc_auc_score(y, scores))
-    false_pos, true_pos, _ = roc_curve(y, scores)
     result: dict[str, float | list[float] | int] = {
-        "auc": auc,
-        f"tpr_at_{fpr * 100:g}%_fpr": float(true_pos[false_pos <= fpr].max()),
+        "auc": float(roc_auc_score(y, np.r_[members, nonmembers])),
+        **{_tpr_key(f): float(tpr_at_fpr(members, nonmembers, f)) for f in TPR_FPRS},
         "members": len(members),
         "nonmembers": len(nonmembers),
     }
     if bootstrap > 0:
         rng = np.random.default_rng(seed)
-        pick_m = rng.integers(0, len(members), (bootstrap, len(members)))
-        pick_n = rng.integers(0, len(nonmembers), (bootstrap, len(nonmembers)))
-        resampled = rank_auc(members[pick_m], nonmembers[pick_n])
-        result["ci95"] = [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))]
+        resampled_m = members[rng.integers(0, len(members), (bootstrap, len(members)))]
+        resampled_n = nonmembers[rng.integers(0, len(nonmembers), (bootstrap, len(nonmembers)))]
+        result["ci95"] = _interval(rank_auc(resampled_m, resampled_n))
+        for f in TPR_FPRS:
+            result[_tpr_key(f) + "_ci95"] = _interval(tpr_at_fpr(resampled_m, resampled_n, f))
     return result
+
+
+def _tpr_key(fpr: float) -> str:
+    return f"tpr_at_{fpr * 100:g}%_fpr"
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 
 from spul.audit.adaptive import AttackSettings, adaptive_attack, neutral_vocabulary
-from spul.audit.mia import SCORE_TITLES, SCORES, TokenStats, example_scores, membership_auc
+from spul.audit.mia import (
+    SCORE_TITLES,
+    TokenStats,
+    calibrated_scores,
+    example_scores,
+    membership_auc,
+)
 from spul.audit.probes import (
     ENTITY_PROBES,
     PROBES,
@@ -25,6 +31,7 @@ from spul.engine import score
 from spul.guardrails import Guard, apply_guard
 from spul.io import write_json_atomic, write_text_atomic
 from spul.metrics import split_metrics
+from spul.models import LoadedModel
 from spul.pipeline import Unlearned
 from spul.progress import progress_bar
 from spul.prompting import Verbalizer
@@ -47,14 +54,15 @@ LIMITATIONS = [
 
 
 def mia_table(
-    stats_by_split: dict[str, list], k: float, bootstrap: int, seed: int
+    scores: dict[str, dict[str, np.ndarray]], bootstrap: int, seed: int
 ) -> dict[str, dict[str, dict]]:
-    """AUC of every score for the forget pair (train vs test forget) and the retain control pair."""
-    scores = {split: example_scores(stats, k) for split, stats in stats_by_split.items()}
+    """AUC (and TPR at low FPR) of every score for the forget pair (train vs test forget) and the retain
+    control pair; `scores[split][name]` holds one value per row."""
+    names = list(next(iter(scores.values())))
     return {
         pair: {
             name: membership_auc(scores[m][name], scores[n][name], bootstrap=bootstrap, seed=seed)
-            for name in SCORES
+            for name in names
         }
         for pair, (m, n) in PAIRS.items()
     }
@@ -183,17 +191,19 @@ def run_audit(
     members: dict[str, Any] | None = None,
     show_progress: bool = True,
     attack: AttackSettings | None = None,
+    reference: LoadedModel | None = None,
 ) -> dict[str, Any]:
-    """Membership inference (model without and with the prompt), probes on the prompted model and the
-    adaptive attack on both (`attack=None` or `rows=0`: no attack)."""
+    """Membership inference (model without and with the prompt; with `reference`, a model that never saw
+    any row, also the reference-calibrated scores), probes on the prompted model and the adaptive attack
+    on both (`attack=None` or `rows=0`: no attack)."""
     lm, manifest = unlearned.lm, unlearned.manifest
     generic = Verbalizer.build(lm.tokenizer, manifest["generic_words"], unlearned.template)
     k_labels = len(unlearned.verbalizer)
-    mia = {}
-    for model_name, prefix_fn in zip(MODELS, (None, unlearned.prefix_fn), strict=True):
-        stats = {
+
+    def stats_of(model: LoadedModel, prefix_fn, name: str) -> dict[str, list[TokenStats]]:
+        return {
             split: sequence_stats(
-                lm,
+                model,
                 unlearned.encoder,
                 unlearned.verbalizer,
                 generic,
@@ -201,20 +211,30 @@ def run_audit(
                 data[split].labels,
                 prefix_fn=prefix_fn,
                 batch_size=batch_size,
-                description=f"{model_name} {split}",
+                description=f"{name} {split}",
                 show_progress=show_progress,
             )
             for split in SPLITS
         }
+
+    baseline = None
+    if reference is not None:
+        baseline = {s: example_scores(v, k) for s, v in stats_of(reference, None, "reference").items()}
+    mia = {}
+    for model_name, prefix_fn in zip(MODELS, (None, unlearned.prefix_fn), strict=True):
+        stats = stats_of(lm, prefix_fn, model_name)
         if model_name == "unlearned" and unlearned.guard is not None:
             stats = {s: guarded_stats(v, data[s].texts, unlearned.guard, k_labels) for s, v in stats.items()}
-        mia[model_name] = mia_table(stats, k, bootstrap, seed)
+        scores = {s: example_scores(v, k) for s, v in stats.items()}
+        if baseline is not None:
+            scores = {s: v | calibrated_scores(v, baseline[s]) for s, v in scores.items()}
+        mia[model_name] = mia_table(scores, bootstrap, seed)
     finder = EntityFinder.create().fit(
         data.train_forget.texts + data.test_forget.texts, data.train_retain.texts + data.test_retain.texts
     )
     splits = SPLITS if probe_retain else FORGET_SPLITS
     probes = probe_table(unlearned, data, finder, splits, batch_size, show_progress, seed)
-    forget_aucs = {s: mia["unlearned"]["forget"][s]["auc"] for s in SCORES}
+    forget_aucs = {s: v["auc"] for s, v in mia["unlearned"]["forget"].items()}
     attacked = attack is not None and attack.rows > 0
     adaptive = attack_table(unlearned, data, attack, batch_size, seed, show_progress) if attacked else None
     return {
@@ -225,6 +245,7 @@ def run_audit(
         "data": data.fingerprint(),
         "members": members or {"verified": None},
         "settings": {"k": k, "batch_size": batch_size, "seed": seed, "bootstrap": bootstrap},
+        "reference_model": None if reference is None else reference.spec,
         "mia": mia,
         "probes": {
             "entity_detection": finder.method,
@@ -332,7 +353,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append("")
     header = "| score | " + " | ".join(f"{m.replace('_', '-')} {p}" for m in MODELS for p in PAIRS) + " |"
     lines += [header, "|---" * (1 + len(MODELS) * len(PAIRS)) + "|"]
-    for name in SCORES:
+    for name in mia["unlearned"]["forget"]:
         cells = [_auc_cell(mia[m][p][name]) for m in MODELS for p in PAIRS]
         lines.append(f"| {SCORE_TITLES[name]} | " + " | ".join(cells) + " |")
     low, high = report["goals"]["forget_auc_range"]
@@ -341,6 +362,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         _goal_line(f"unlearned forget AUC within [{low}, {high}] for every score", missed),
         "",
+        *_tpr_lines(mia, report.get("reference_model")),
         "## Robustness probes (prompted model)",
         "",
         f"Accuracy (%) under each rewrite of the texts; a generic answer counts as wrong; after `·` the "
@@ -376,6 +398,37 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _tpr_lines(mia: dict[str, Any], reference: str | None) -> list[str]:
+    """The forget pair's true-positive rates at 1% and 5% false positives, with bootstrap intervals."""
+    keys = [
+        k for k in next(iter(mia["unlearned"]["forget"].values())) if k.startswith("tpr_") and "ci95" not in k
+    ]
+    where = (
+        f"The `− reference` scores subtract the same score under `{reference}`, a model that never saw any "
+        "row (reference-calibrated, as open-unlearning's ReferenceAttack)."
+        if reference
+        else "No reference model: the artifact has no fine-tuned adapter to leave out."
+    )
+    lines = [
+        f"True-positive rate (%) at a low false-positive rate, forget pair, bootstrap 95% interval. {where}",
+        "",
+        "| score | "
+        + " | ".join(f"{m.replace('_', '-')} {k[7:].replace('_', ' ')}" for m in MODELS for k in keys)
+        + " |",
+        "|---" * (1 + len(MODELS) * len(keys)) + "|",
+    ]
+    for name in mia["unlearned"]["forget"]:
+        cells = []
+        for model in MODELS:
+            cell = mia[model]["forget"][name]
+            for key in keys:
+                interval = cell.get(f"{key}_ci95")
+                span = f" [{100 * interval[0]:.0f}, {100 * interval[1]:.0f}]" if interval else ""
+                cells.append(f"{100 * cell[key]:.1f}{span}")
+        lines.append(f"| {SCORE_TITLES[name]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _attack_lines(adaptive: dict[str, Any] | None, goals: dict[str, Any]) -> list[str]:

@@ -228,6 +228,10 @@ def audit_cmd(
         int, typer.Option(help="bootstrap resamples for the AUC intervals (0: none)", callback=bounded(0))
     ] = 1000,
     probe_retain: Annotated[bool, typer.Option(help="also probe the retain splits (control)")] = True,
+    reference: Annotated[
+        bool,
+        typer.Option(help="reference-calibrated scores: the base model without the fine-tuned adapter"),
+    ] = True,
     adapter: AdapterOpt = None,
     batch_size: BatchOpt = 16,
     regex: RegexOpt = None,
@@ -250,6 +254,11 @@ def audit_cmd(
     full = load_full(data, data_dir, *words, regex, keywords, test)
     dataset, members = audit_data(manifest, full, data, cap, seed, adapter)
     unlearned = load_unlearned(prompt, adapter=adapter, **machine.loading())
+    reference_lm = None
+    if reference and unlearned.base_adapter is not None:  # the base before the fine-tune saw no row
+        from spul.models import load_model
+
+        reference_lm = load_model(manifest["base_model"]["spec"], **machine.loading())
     report = run_audit(
         unlearned,
         dataset,
@@ -261,6 +270,7 @@ def audit_cmd(
         members=members,
         show_progress=not quiet,
         attack=attack.settings(),
+        reference=reference_lm,
     )
     json_path, md_path = write_report(out, report)
     typer.echo(to_markdown(report))
