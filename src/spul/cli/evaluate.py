@@ -255,7 +255,9 @@ def audit_cmd(
     dataset, members = audit_data(manifest, full, data, cap, seed, adapter)
     unlearned = load_unlearned(prompt, adapter=adapter, **machine.loading())
     reference_lm = None
-    if reference and unlearned.base_adapter is not None:  # the base before the fine-tune saw no row
+    # the base model before any fine-tune saw no row; it differs from the audited model when there is a
+    # fine-tuned adapter or the artifact itself changes the model (retrain, weight-editing baselines)
+    if reference and (unlearned.base_adapter is not None or not unlearned.artifact_kind.shares_base_model):
         from spul.models import load_model
 
         reference_lm = load_model(manifest["base_model"]["spec"], **machine.loading())
