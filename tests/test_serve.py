@@ -282,6 +282,11 @@ def test_openapi_and_metrics(prompts, unlearned):
     assert codes[("/v1/classify", "200")] == 1 and codes[("/v1/classify", "422")] == 1
     assert next(s.value for s in families["spul_classified_texts"].samples if s.name.endswith("_total")) == 3
     assert "spul_batch_texts" in families and "spul_prompt_info" in families
+    recorded = json.loads((prompts["a"] / "spul.json").read_text())["metrics"]
+    check = {(s.labels["split"], s.labels["metric"]): s.value for s in families["spul_prompt_check"].samples}
+    assert {split for split, _ in check} == set(recorded) and len(check) == 3 * len(recorded)
+    for (split, metric), value in check.items():
+        assert value == pytest.approx(recorded[split][metric])
 
 
 def test_token_comes_from_env_or_file_and_is_required(tmp_path, monkeypatch):

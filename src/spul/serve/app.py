@@ -116,7 +116,7 @@ class Service:
         self.config = config
         self.loader = loader
         self.metrics = ServeMetrics()
-        self.metrics.set_prompt(prompt.info)
+        self.metrics.set_prompt(prompt.info, prompt.check)
         self.metrics.queued.set_function(lambda: self.batcher.waiting if self.batcher else 0)
         self.batcher: DynamicBatcher | None = None
         self.executor: ThreadPoolExecutor | None = None
@@ -188,7 +188,7 @@ class Service:
                 raise HTTPException(code, detail=unprocessable(f"reload refused: {reason}").detail) from None
             self.current = new
             self.metrics.reloads.labels("ok").inc()
-            self.metrics.set_prompt(new.info)
+            self.metrics.set_prompt(new.info, new.check)
             log.info("prompt reloaded: %s (%s)", new.info["id"], new.info["fingerprint"])
             return {"previous": previous.info, "current": new.info}
 

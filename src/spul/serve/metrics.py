@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CHECK_METRICS = ("acc", "label_acc", "margin_auc")
 
 
 class ServeMetrics:
@@ -38,16 +39,28 @@ class ServeMetrics:
         self.prompt = Gauge(
             "spul_prompt_info", "the prompt in use (value 1)", ["id", "fingerprint", "requests"], registry=r
         )
+        self.check = Gauge(
+            "spul_prompt_check",
+            "the prompt in use, as its training check measured it: served-label ACC (%), label-only ACC "
+            "(%, what returned probabilities give away) and label-margin ROC AUC per split",
+            ["split", "metric"],
+            registry=r,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one model batch."""
         self.batch_texts.observe(size)
         self.batch_seconds.observe(seconds)
 
-    def set_prompt(self, info: dict) -> None:
-        """Expose the prompt now in use (the previous label set is removed)."""
+    def set_prompt(self, info: dict, check: dict | None = None) -> None:
+        """Expose the prompt now in use and its recorded check (the previous label sets are removed)."""
         self.prompt.clear()
         self.prompt.labels(info["id"], info["fingerprint"], ",".join(info.get("requests", []))).set(1)
+        self.check.clear()
+        for split, values in (check or {}).items():
+            for metric in CHECK_METRICS:
+                if isinstance(values.get(metric), int | float):
+                    self.check.labels(split, metric).set(values[metric])
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -30,12 +30,14 @@ class Refused(SpulError):
 class ServedPrompt:
     """A loaded predictor and its public description (id, fingerprint, covered deletion requests).
 
-    `info` is what responses show: no server path. `folder` (the resolved folder) stays inside.
+    `info` is what responses show: no server path. `folder` (the resolved folder) stays inside. `check`
+    is the manifest's recorded training check per split (for the operator's metrics, not for responses).
     """
 
     predictor: Predictor
     info: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None
+    check: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def wrap(cls, predictor: Predictor, prompt_id: str | None = None) -> ServedPrompt:
@@ -52,7 +54,8 @@ class ServedPrompt:
             "base_model_fingerprint": base.get("fingerprint"),
             "requests": list(manifest.get("requests", [])),
         }
-        return cls(predictor, info, folder)
+        check = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {}
+        return cls(predictor, info, folder, {k: v for k, v in check.items() if isinstance(v, dict)})
 
     def predict(self, texts: list[str], batch_size: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Predictions for `texts` and the description of the prompt that made them."""
