@@ -66,3 +66,25 @@ def test_reference_calibration_removes_what_the_reference_also_finds_easy():
     others = calibrated_scores({"loss": hard, "label_loss": hard}, {"loss": hard, "label_loss": hard})
     assert membership_auc(members["loss_ref"], others["loss_ref"], bootstrap=0)["auc"] == 1.0
     assert membership_auc(easy, hard, bootstrap=0)["auc"] == 1.0  # uncalibrated: fooled by easy texts too
+
+
+@pytest.mark.parametrize(
+    ("adapter", "shares_base", "loads"),
+    [(None, True, False), ("ft", True, True), (None, False, True), ("ft", False, True)],
+)
+def test_reference_model_is_the_base_unless_the_audited_model_is_the_base(adapter, shares_base, loads):
+    """A prompt over the plain base model has no reference (it *is* the base); a fine-tuned adapter or a
+    retrain / weight artifact gets the base model before any fine-tune."""
+    from types import SimpleNamespace
+
+    from spul.unlearned import Unlearned
+
+    artifact = SimpleNamespace(
+        base_adapter=adapter,
+        artifact_kind=SimpleNamespace(shares_base_model=shares_base),
+        manifest={"base_model": {"spec": "the-base"}},
+    )
+    loaded = []
+    found = Unlearned.untouched_base(artifact, lambda spec: loaded.append(spec) or f"model {spec}")
+    assert found == ("model the-base" if loads else None)
+    assert loaded == (["the-base"] if loads else [])

@@ -80,6 +80,14 @@ class Unlearned:
             return self.lm
         return load_model_fn(self.manifest["base_model"]["spec"], self.base_adapter)
 
+    def untouched_base(self, load_model_fn: Callable[[str], LoadedModel]) -> LoadedModel | None:
+        """The base model before any fine-tune, which saw no row (the reference of calibrated membership
+        scores), loaded by `load_model_fn(spec)`; None where it is the answering model itself (no fine-tuned
+        adapter, and an artifact that leaves the model as it is)."""
+        if self.base_adapter is None and self.artifact_kind.shares_base_model:
+            return None
+        return load_model_fn(self.manifest["base_model"]["spec"])
+
     def predict(
         self, texts: list[str], batch_size: int = 32, show_progress: bool = False
     ) -> list[dict[str, Any]]:

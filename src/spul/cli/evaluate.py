@@ -182,6 +182,26 @@ def one_of(*choices: str):
 
 
 @dataclass
+class AuditOptions:
+    """What `spul audit` measures besides the attack."""
+
+    k: Annotated[
+        float,
+        typer.Option(
+            "--k", help="Min-K% / Min-K%++: fraction of lowest tokens", callback=bounded(0, 1, open_low=True)
+        ),
+    ] = 0.2
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples for the AUC intervals (0: none)", callback=bounded(0))
+    ] = 1000
+    probe_retain: Annotated[bool, typer.Option(help="also probe the retain splits (control)")] = True
+    reference: Annotated[
+        bool,
+        typer.Option(help="reference-calibrated scores: the base model without the fine-tuned adapter"),
+    ] = True
+
+
+@dataclass
 class AttackOptions:
     """The adaptive attack's bounds (`spul.audit.adaptive.AttackSettings`, without the `attack_` prefix)."""
 
@@ -210,6 +230,7 @@ class AttackOptions:
 
 @user_errors
 @gathered("machine", Machine)
+@gathered("checks", AuditOptions)
 @gathered("attack", AttackOptions)
 def audit_cmd(
     prompt: PromptOpt = "runs/prompt",
@@ -218,34 +239,21 @@ def audit_cmd(
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
     out: Annotated[Path, typer.Option(help="folder for audit.json and audit.md")] = Path("runs/audit"),
-    k: Annotated[
-        float,
-        typer.Option(
-            "--k", help="Min-K% / Min-K%++: fraction of lowest tokens", callback=bounded(0, 1, open_low=True)
-        ),
-    ] = 0.2,
-    bootstrap: Annotated[
-        int, typer.Option(help="bootstrap resamples for the AUC intervals (0: none)", callback=bounded(0))
-    ] = 1000,
-    probe_retain: Annotated[bool, typer.Option(help="also probe the retain splits (control)")] = True,
-    reference: Annotated[
-        bool,
-        typer.Option(help="reference-calibrated scores: the base model without the fine-tuned adapter"),
-    ] = True,
     adapter: AdapterOpt = None,
     batch_size: BatchOpt = 16,
     regex: RegexOpt = None,
     keywords: KeywordsOpt = None,
     test: TestOpt = None,
     machine: Machine = None,
+    checks: AuditOptions = None,
     attack: AttackOptions = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Membership inference without / with the prompt, robustness probes and an adaptive black-box attack:
-    audit.md + audit.json."""
+    """Membership inference without / with the prompt, probes and an adaptive attack: audit.md + .json."""
     from spul.artifacts import read_manifest
+    from spul.audit.markdown import to_markdown, write_report
     from spul.audit.members import audit_data
-    from spul.audit.report import run_audit, to_markdown, write_report
+    from spul.audit.report import run_audit
     from spul.pipeline import load_unlearned
 
     cap = parse_limit(limit)
@@ -254,25 +262,23 @@ def audit_cmd(
     full = load_full(data, data_dir, *words, regex, keywords, test)
     dataset, members = audit_data(manifest, full, data, cap, seed, adapter)
     unlearned = load_unlearned(prompt, adapter=adapter, **machine.loading())
-    reference_lm = None
-    # the base model before any fine-tune saw no row; it differs from the audited model when there is a
-    # fine-tuned adapter or the artifact itself changes the model (retrain, weight-editing baselines)
-    if reference and (unlearned.base_adapter is not None or not unlearned.artifact_kind.shares_base_model):
+    reference = None
+    if checks.reference:
         from spul.models import load_model
 
-        reference_lm = load_model(manifest["base_model"]["spec"], **machine.loading())
+        reference = unlearned.untouched_base(lambda spec: load_model(spec, **machine.loading()))
     report = run_audit(
         unlearned,
         dataset,
-        k=k,
+        k=checks.k,
         batch_size=batch_size,
         seed=seed,
-        bootstrap=bootstrap,
-        probe_retain=probe_retain,
+        bootstrap=checks.bootstrap,
+        probe_retain=checks.probe_retain,
         members=members,
         show_progress=not quiet,
         attack=attack.settings(),
-        reference=reference_lm,
+        reference=reference,
     )
     json_path, md_path = write_report(out, report)
     typer.echo(to_markdown(report))
