@@ -197,11 +197,20 @@ SIGHUP_DURING_IMPORT = textwrap.dedent(
 )
 
 
+def default_sighup() -> None:
+    """In the child, SIGHUP's default action: a parent started under `nohup` would pass it on ignored."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def test_sighup_during_serve_start_up_does_not_kill_it(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SPUL_API_TOKEN", "SPUL_ADMIN_TOKEN")}
     serve = ["serve", "--prompt", str(tmp_path / "no-prompt"), "--port", "8123"]
     done = subprocess.run(
-        [sys.executable, "-c", SIGHUP_DURING_IMPORT, *serve], env=env, capture_output=True, text=True
+        [sys.executable, "-c", SIGHUP_DURING_IMPORT, *serve],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=default_sighup,
     )
     assert done.returncode != -signal.SIGHUP, "killed by the SIGHUP during start-up"
     assert done.returncode == 2 and "no API token" in done.stdout + done.stderr, (done.stdout, done.stderr)
@@ -214,5 +223,6 @@ def test_other_verbs_keep_the_default_sighup(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=default_sighup,
     )
     assert done.returncode == -signal.SIGHUP
