@@ -34,6 +34,7 @@ from spul.cli.options import (
     gathered,
     load_full,
     make_template,
+    one_of,
     user_errors,
 )
 from spul.data.selection import Selection, parse_limit
@@ -168,17 +169,6 @@ def predict_cmd(
     unlearned = load_unlearned(prompt, model=model, adapter=adapter, **machine.loading())
     for text, result in zip(inputs, unlearned.predict(inputs, batch_size=batch_size), strict=True):
         typer.echo(json.dumps({"text": text} | result, ensure_ascii=False))
-
-
-def one_of(*choices: str):
-    """An option callback refusing a value outside `choices`."""
-
-    def check(value):
-        if value is not None and value not in choices:
-            raise typer.BadParameter(f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
 
 
 @dataclass

@@ -41,6 +41,17 @@ def bounded(
     return check
 
 
+def one_of(*choices: str) -> Callable[[Any], Any]:
+    """An option callback refusing a value outside `choices`; None (not given) passes."""
+
+    def check(value):
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
 def _checked(rule):
     """An option callback running `rule(value, ctx.params)`; its SpulError becomes a BadParameter."""
 

@@ -19,6 +19,7 @@ from spul.cli.options import (
     PromptOpt,
     bounded,
     gathered,
+    one_of,
     user_errors,
     words,
 )
@@ -32,13 +33,6 @@ DEFAULT_LEDGER = Path("runs/ledger.json")
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
-
-
-def _log_level(value: str) -> str:
-    """Refuse a log level uvicorn does not know (it would fail only after the model loads)."""
-    if value not in LOG_LEVELS:
-        raise typer.BadParameter(f"choose one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass
@@ -108,7 +102,7 @@ def serve_cmd(
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     log_level: Annotated[
-        str, typer.Option(help=f"uvicorn log level: {', '.join(LOG_LEVELS)}", callback=_log_level)
+        str, typer.Option(help=f"uvicorn log level: {', '.join(LOG_LEVELS)}", callback=one_of(*LOG_LEVELS))
     ] = "info",
     limits: ServeLimits = None,
 ) -> None:
