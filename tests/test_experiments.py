@@ -312,6 +312,8 @@ def test_cell_ids_hash_the_settings_not_the_labels(workspace):
         ({"models": ["a", "a"]}, "listed twice"),
         ({"runs": [{"method": "spul", "recipe": "quick"}]}, "unknown recipe 'quick'"),
         ({"runs": [{"method": "ga", "recipe": "fast"}]}, "SPUL recipe"),
+        ({"runs": [{"method": "ga", "seeds": [0, 0]}]}, "runs.0.seeds: .*distinct"),
+        ({"runs": [{"method": "ga", "seeds": [1], "sweep": {"seed": [2]}}]}, "either as `seeds`"),
     ],
 )
 def test_config_errors_name_the_field(workspace, change, message):
@@ -494,3 +496,38 @@ def test_isolated_cells_train_in_their_own_process(workspace, tmp_path, monkeypa
     ]
     result = CliRunner().invoke(app, ["experiment", str(experiment.out / "config.json"), "--cell", "nope"])
     assert result.exit_code == 2 and "no cell 'nope'" in result.output
+
+
+def test_seeds_train_each_point_once_per_seed_and_the_tables_show_mean_and_std(workspace, tmp_path):
+    runs = [{"method": "spul", "options": {"p": 2}, "training": TRAIN, "seeds": [0, 1, 2]}]
+    config = parse_config(
+        config_dict(workspace["models"][:1], workspace["data"], runs=runs, artefacts=["table1", "efficiency"])
+    )
+    experiment = run_experiment(config, tmp_path / "out", show_progress=False, log=lambda _: None)
+    trains = [c for c in experiment.cells if c.kind == "train"]
+    assert [c.seed for c in trains] == [0, 1, 2] and len({c.id for c in trains}) == 3
+    seeds = [experiment.result(c)["hyperparameters"]["training"]["seed"] for c in trains]
+    assert seeds == [0, 1, 2]
+    # seed 0 is the dataset's seed: the same cell as the run without `seeds`
+    plain = parse_config(
+        config_dict(workspace["models"][:1], workspace["data"], runs=[runs[0] | {"seeds": []}])
+    )
+    assert [c.id for c in Experiment(plain, "x").cells if c.kind == "train"] == [trains[0].id]
+
+    accs = [experiment.result(c)["metrics"]["test_forget"]["acc"] for c in trains]
+    mean, std = float(np.mean(accs)), float(np.std(accs, ddof=1))
+    (row,) = [r for r in read_json(experiment.out / "table1.json")["rows"] if r["method"] == "SPUL"]
+    assert row["test_forget_acc"] == pytest.approx(mean) and row["test_forget_acc_std"] == pytest.approx(std)
+    markdown = (experiment.out / "table1.md").read_text()
+    assert f"{mean:.2f} ± {std:.2f} / " in markdown
+    assert "SPUL: mean ± std over 3 training seed(s) (0, 1, 2)" in markdown
+    efficiency = read_json(experiment.out / "efficiency.json")["rows"]
+    assert [r["method"] for r in efficiency].count("SPUL") == 1
+
+
+def test_merged_seeds_average_what_is_numeric():
+    from spul.experiments.seeds import mean_std
+
+    assert mean_std([1.0]) == (1.0, 0.0)
+    mean, std = mean_std([1.0, 2.0, 6.0])
+    assert mean == 3.0 and std == pytest.approx(np.std([1, 2, 6], ddof=1))

@@ -128,6 +128,7 @@ class Unlearned:
         )
 
 
+# Keyword options also taken by serve.server.run_server, which passes them on to this loader.
 def load_unlearned(
     prompt: str | Path,
     *,

@@ -70,28 +70,37 @@ class ServeLimits:
     ] = 30.0
 
 
+@dataclasses.dataclass
+class ServeAccess:
+    """Who may call the service and what reloads may serve (passed to `run_server` as they are)."""
+
+    token_file: Annotated[
+        Path | None, typer.Option(help="file holding the API token (default: $SPUL_API_TOKEN)")
+    ] = None
+    admin_token_file: Annotated[
+        Path | None,
+        typer.Option(help="file holding the admin token for reloads (default: $SPUL_ADMIN_TOKEN; none: off)"),
+    ] = None
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="no authentication (loopback only, local use)")
+    ] = False
+    prompt_roots: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--prompt-root", help="folder reloads may serve from (repeatable; default: the prompt's parent)"
+        ),
+    ] = None
+
+
 @user_errors
 @gathered("limits", ServeLimits)
+@gathered("access", ServeAccess)
 def serve_cmd(
     prompt: PromptOpt = "runs/prompt",
     model: BaseModelOpt = None,
     adapter: AdapterOpt = None,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind (1..65535)")] = 8000,
-    token_file: Annotated[
-        Path | None, typer.Option(help="file holding the API token (default: $SPUL_API_TOKEN)")
-    ] = None,
-    admin_token_file: Annotated[
-        Path | None,
-        typer.Option(help="file holding the admin token for reloads (default: $SPUL_ADMIN_TOKEN; none: off)"),
-    ] = None,
-    insecure_no_auth: Annotated[
-        bool, typer.Option("--insecure-no-auth", help="no authentication (loopback only, local use)")
-    ] = False,
-    prompt_root: Annotated[
-        list[Path] | None,
-        typer.Option(help="folder reloads may serve from (repeatable; default: the prompt's parent)"),
-    ] = None,
     return_probabilities: Annotated[
         bool,
         typer.Option(
@@ -105,6 +114,7 @@ def serve_cmd(
         str, typer.Option(help=f"uvicorn log level: {', '.join(LOG_LEVELS)}", callback=one_of(*LOG_LEVELS))
     ] = "info",
     limits: ServeLimits = None,
+    access: ServeAccess = None,
 ) -> None:
     """HTTP service: POST /v1/classify, the unlearning prompt applied to every request (SIGHUP re-reads)."""
     pending = threading.Event()  # first of all: a SIGHUP while the model loads is queued, not fatal
@@ -126,10 +136,7 @@ def serve_cmd(
         precision=precision,
         host=host,
         port=port,
-        token_file=token_file,
-        admin_token_file=admin_token_file,
-        insecure_no_auth=insecure_no_auth,
-        prompt_roots=prompt_root,
+        **dataclasses.asdict(access),
         return_probabilities=return_probabilities,
         docs=docs,
         **dataclasses.asdict(limits),
@@ -138,6 +145,7 @@ def serve_cmd(
     )
 
 
+# A typer signature, like experiment_cmd's: options differ, the shape is typer's.
 @requests_app.command("add")
 @user_errors
 def add_cmd(

@@ -38,6 +38,7 @@ def fetch_hub(dataset_id: str, unreachable_hint: str = "") -> dict:
         ) from exc
 
 
+# Loader signature shared with rules.load_with_rule and sources.load_folder: the same options on purpose.
 def load_hub(
     dataset_id: str,
     *,

@@ -103,6 +103,7 @@ class UnlearningData:
         except KeyError:
             raise KeyError(f"no split {name!r}; splits are {', '.join(self.splits)}") from None
 
+    # One named accessor per split (the paper's D_r, D_f and their test parts): four of one shape.
     @property
     def train_retain(self) -> Split:
         """The retain part of the training data (D_r)."""

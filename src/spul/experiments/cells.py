@@ -57,6 +57,7 @@ class Cell:
     sweep: dict[str, Any] = field(default_factory=dict)  # this cell's point of the run's sweep
     options: dict[str, Any] = field(default_factory=dict)  # method options with the sweep applied
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields with the sweep applied
+    seed: int | None = None  # the training seed, for a run with `seeds`
     settings: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -81,6 +82,8 @@ class Cell:
     def describe(self) -> str:
         """One line for progress and --dry-run: what, on which model and data, with which sweep point."""
         point = ", ".join(f"{k}={v}" for k, v in self.sweep.items())
+        if self.seed is not None:
+            point = ", ".join(p for p in (point, f"seed={self.seed}") if p)
         extra = f" ({point})" if point else ""
         return f"{self.label}{extra} | {self.model.name} | {self.dataset.label}"
 
@@ -102,21 +105,24 @@ def _cell(kind: str, config: ExperimentConfig, model: ModelEntry, dataset: Datas
             "tau": tau,
             "method": run.method,
             "options": kw["options"],
-            "training": without_defaults(run.method, kw["options"], kw["training"]),
+            "training": without_defaults(run.method, kw["options"], kw["training"], dataset.seed),
             "eval_each_epoch": run.eval_each_epoch,
         }
     rest = {k: v for k, v in kw.items() if k != "tau"}
     return Cell(kind, model, dataset, tau=tau, settings=settings, **rest)
 
 
-def without_defaults(method: str, options: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+def without_defaults(
+    method: str, options: dict[str, Any], training: dict[str, Any], data_seed: int
+) -> dict[str, Any]:
     """Training settings less those equal to the method's own default (writing a default out is the same
-    cell as leaving it out, so e.g. sweeping lr over the default reuses the finished default cell)."""
+    cell as leaving it out, so e.g. sweeping lr over the default reuses the finished default cell); the
+    training seed defaults to the dataset's."""
     from spul.methods import METHODS
 
     if method not in METHODS:  # reported by Experiment.check with the run's index
         return training
-    defaults = METHODS[method].training_defaults(options)
+    defaults = METHODS[method].training_defaults(options) | {"seed": data_seed}
     return {k: v for k, v in training.items() if k not in defaults or defaults[k] != v}
 
 
@@ -144,19 +150,21 @@ def expand(config: ExperimentConfig) -> list[Cell]:
             for run in config.runs:
                 for point in sweep_points(run):
                     data, options, training = split_sweep_point(point)
-                    cells.append(
-                        _cell(
-                            "train",
-                            config,
-                            model,
-                            dataset,
-                            run=run,
-                            sweep=point,
-                            tau=data.get("tau", dataset.tau),
-                            options=aliased(run.options) | options,
-                            training=run.training | training,
+                    for seed in run.seeds or [None]:
+                        cells.append(
+                            _cell(
+                                "train",
+                                config,
+                                model,
+                                dataset,
+                                run=run,
+                                sweep=point,
+                                seed=seed,
+                                tau=data.get("tau", dataset.tau),
+                                options=aliased(run.options) | options,
+                                training=run.training | training | ({} if seed is None else {"seed": seed}),
+                            )
                         )
-                    )
     ids = [c.id for c in cells]
     for cell in cells:
         if ids.count(cell.id) > 1:

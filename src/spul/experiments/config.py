@@ -113,12 +113,15 @@ class RunEntry(StageEntry):
 
     `recipe` (SPUL only) names a starting point from `spul.methods.spul.RECIPES`, as `spul unlearn
     --recipe` does: its method options and training settings apply unless `options` / `training` say else.
+    `seeds` trains each point once per training seed (prompt init, batch order, generic-word draws; the
+    rows and the fine-tuned model stay those of the dataset's seed); tables show the mean +- std.
     """
 
     method: str
     recipe: str | None = None
     label: str | None = None
     sweep: dict[str, list[Any]] = {}
+    seeds: list[int] = []
     select: SelectEntry | None = None  # method tables show one chosen sweep point (a search), not all
     eval_each_epoch: bool = False
 
@@ -139,6 +142,19 @@ class RunEntry(StageEntry):
         data["options"] = RECIPES[name]["method"] | dict(data.get("options") or {})
         data["training"] = RECIPES[name]["training"] | dict(data.get("training") or {})
         return data
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(seed < 0 for seed in value):
+            raise ValueError(f"seeds must be distinct and >= 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _seed_not_swept(self) -> RunEntry:
+        if self.seeds and ("seed" in self.sweep or "seed" in self.training):
+            raise ValueError("give the training seeds either as `seeds` or in `sweep` / `training`, not both")
+        return self
 
     @field_validator("sweep")
     @classmethod

@@ -11,6 +11,7 @@ from spul.experiments.cells import Cell
 from spul.experiments.embeddings import load_embeddings
 from spul.experiments.figures import Panel, p_sweep_figure, tsne_figure
 from spul.experiments.layout import EMBEDDINGS, Layout
+from spul.experiments.seeds import merge_seeds
 from spul.experiments.tables import Table, build_table, efficiency_table, search_table
 from spul.io import write_json_atomic, write_text_atomic
 
@@ -83,6 +84,7 @@ def figure1(layout: Layout, entries: Entries) -> list[Path]:
 def write_outputs(layout: Layout, entries: Entries) -> list[Path]:
     """Every artefact the config asks for, then report.md gathering them."""
     out, config = layout.out, layout.config
+    entries = merge_seeds(entries)  # a run's seeds become one row of mean +- std
     written: list[Path] = []
     sections = [f"# {config.name}", "", config.description.strip(), ""]
     for name in config.artefacts:

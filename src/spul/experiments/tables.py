@@ -9,6 +9,7 @@ from typing import Any
 
 from spul.data.splits import SPLITS
 from spul.experiments.cells import Cell
+from spul.experiments.seeds import seed_notes
 from spul.experiments.selection import Search, select_runs
 from spul.metrics import label_cell
 
@@ -48,6 +49,13 @@ def cell_values(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
     for key, value in cell.sweep.items():
         values.setdefault(key, value)
     return {k: v for k, v in values.items() if v is not None}
+
+
+def with_std(metric: dict[str, Any], key: str, digits: int = 2) -> str:
+    """A metric, with its std over seeds where the row is a mean (`81.50 ± 2.10`)."""
+    text = f"{metric[key]:.{digits}f}"
+    std = metric.get(f"{key}_std")
+    return text if std is None else f"{text} ± {std:.{digits}f}"
 
 
 def format_value(key: str, value: Any) -> str:
@@ -113,15 +121,22 @@ class Table:
         lines += ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
         for row in rows:
             cells = [format_value(k, row["values"].get(k)) for k in self.keys]
-            cells += [label_cell(row["metrics"].get(column)) for column in self.metric_columns]
+            cells += [self._label_cell(row["metrics"].get(column)) for column in self.metric_columns]
             lines.append("| " + " | ".join(cells) + " |")
         return lines
+
+    @staticmethod
+    def _label_cell(metric: dict[str, Any] | None) -> str:
+        if not metric or "label_acc_std" not in metric:
+            return label_cell(metric)
+        auc = "-" if metric.get("margin_auc") is None else with_std(metric, "margin_auc", 3)
+        return f"{with_std(metric, 'label_acc')} / {auc}"
 
     def _metric_cell(self, row: dict[str, Any], column: str) -> str:
         if column in self.formatters:
             return self.formatters[column](row)
         metric = row["metrics"].get(column)
-        return "-" if metric is None else f"{metric['acc']:.2f} / {metric['f1']:.2f}"
+        return "-" if metric is None else f"{with_std(metric, 'acc')} / {with_std(metric, 'f1')}"
 
     def records(self) -> list[dict[str, Any]]:
         """Flat rows (settings, then `<split>_acc`, `<split>_f1`, ...) for CSV and JSON."""
@@ -131,7 +146,8 @@ class Table:
             for column in self.metric_columns:
                 value = row["metrics"].get(column)
                 if isinstance(value, dict):
-                    record |= {f"{column}_{m}": value[m] for m in METRIC_KEYS if m in value}
+                    keys = [k for m in METRIC_KEYS for k in (m, f"{m}_std")]
+                    record |= {f"{column}_{k}": value[k] for k in keys if k in value}
                 else:
                     record[column] = value
             flat.append(record)
@@ -174,6 +190,7 @@ def build_table(name: str, entries: list[tuple[Cell, dict[str, Any]]]) -> Table:
     if kinds == ALL:  # a method table: a selecting run shows its chosen sweep point only
         entries, searches = select_runs(entries)
         notes = selection_notes(searches)
+    notes += seed_notes([(c, r) for c, r in entries if c.kind in kinds])
     chosen = [(cell, result) for cell, result in entries if cell.kind in kinds]
     swept = [(cell, result) for cell, result in chosen if set(cell.sweep) & set(leading)]
     if kinds == ("train",) and swept:

@@ -54,6 +54,15 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class UntrainedConfig(MethodConfig):
+    """A method the training loop does not train (a guard is fitted, ICUL only builds its context)."""
+
+    def training_defaults(self) -> dict[str, Any]:
+        """No epochs."""
+        return {"epochs": 0}
+
+
 @dataclass(frozen=True)
 class Option:
     """One option of a method, described for help texts and command lines."""

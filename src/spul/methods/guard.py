@@ -34,7 +34,7 @@ from spul.guardrails import (
 )
 from spul.io import write_json_atomic
 from spul.methods.base import Method, TrainBatch, register
-from spul.methods.config import MethodConfig, option
+from spul.methods.config import UntrainedConfig, option
 from spul.methods.kinds import ArtifactKind, Attached, register_kind
 from spul.models import LoadedModel
 from spul.prompting import Template, Verbalizer
@@ -92,7 +92,7 @@ class GuardMethod(Method):
 
 
 @dataclass
-class FilterConfig(MethodConfig):
+class FilterConfig(UntrainedConfig):
     """The filter's rule: a regex or keywords, else the names of the forget rows."""
 
     kind = "guard"
@@ -128,10 +128,6 @@ class FilterConfig(MethodConfig):
         if self.keywords is not None:
             return KeywordFilter(regex=KeywordRule(self.keywords).pattern, source=f"keywords {self.keywords}")
         return None
-
-    def training_defaults(self) -> dict[str, Any]:
-        """No epochs: the filter does not train."""
-        return {"epochs": 0}
 
 
 @register
@@ -174,7 +170,7 @@ class KeywordFilterMethod(GuardMethod):
 
 
 @dataclass
-class GateConfig(MethodConfig):
+class GateConfig(UntrainedConfig):
     """The gate's sentence embedder and the folds that choose its threshold."""
 
     kind = "guard"
@@ -189,10 +185,6 @@ class GateConfig(MethodConfig):
             raise SpulError(f"gate: unknown embedder {self.embedder!r} (known: {known})")
         if self.folds < 2:
             raise SpulError(f"gate: folds must be at least 2, got {self.folds}")
-
-    def training_defaults(self) -> dict[str, Any]:
-        """No epochs: the gate is fitted, not trained by the loop."""
-        return {"epochs": 0}
 
 
 # Same shape as KeywordFilterMethod: the registry's class attributes and a build(); only the values differ.

@@ -26,7 +26,7 @@ import torch
 from spul.errors import SpulError
 from spul.io import write_json_atomic
 from spul.methods.base import Method, TrainBatch, register
-from spul.methods.config import MethodConfig, option
+from spul.methods.config import UntrainedConfig, option
 from spul.methods.kinds import ArtifactKind, Attached, register_kind
 from spul.models import LoadedModel
 from spul.prompting import Encoder, Template, Verbalizer
@@ -137,7 +137,7 @@ class ContextEncoder(Encoder):
 
 
 @dataclass
-class IculConfig(MethodConfig):
+class IculConfig(UntrainedConfig):
     """How many demonstrations each query gets, and the size of the retain pool they come from."""
 
     kind = "context"
@@ -150,10 +150,6 @@ class IculConfig(MethodConfig):
         if self.shots < 1:
             raise SpulError(f"icul: shots must be at least 1 (the flipped forget row), got {self.shots}")
         self.require("retain_pool", self.retain_pool >= 0, ">= 0")
-
-    def training_defaults(self) -> dict[str, Any]:
-        """No epochs: ICUL does not train."""
-        return {"epochs": 0}
 
 
 # The class attributes every registered method declares (as npo.py and the others); values differ.

@@ -150,6 +150,7 @@ def missing_reference(name: str) -> SpulError:
     return SpulError(f"{name}: no reference for some rows; call prepare(items) on the untrained model first")
 
 
+# Same shape as lora.AdapterKind (the ArtifactKind interface); what each loads differs.
 @register_kind
 class WeightsKind(ArtifactKind):
     """The whole unlearned model (a plain model folder): nothing to load it over."""

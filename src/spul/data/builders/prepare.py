@@ -55,6 +55,7 @@ class Common:
         )
 
 
+# Keyword-only builder signatures, like entity.entity_selector's: the shape is the options'.
 def prepare_entity(
     common: Common,
     *,
