@@ -83,12 +83,19 @@ def format_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def with_std(metrics: dict[str, float], key: str, digits: int = 2) -> str:
+    """A metric, with its std over seeds where the row is a mean (`81.50 ± 2.10`)."""
+    text = f"{metrics[key]:.{digits}f}"
+    std = metrics.get(f"{key}_std")
+    return text if std is None else f"{text} ± {std:.{digits}f}"
+
+
 def label_cell(metrics: dict[str, float] | None) -> str:
-    """`label-only ACC / margin AUC` of one split's metrics, or `-` without them."""
+    """`label-only ACC / margin AUC` of one split's metrics (± std where a mean over seeds), or `-`."""
     if not metrics or "label_acc" not in metrics:
         return "-"
-    auc = metrics.get("margin_auc")
-    return f"{metrics['label_acc']:.2f} / " + ("-" if auc is None else f"{auc:.3f}")
+    auc = "-" if metrics.get("margin_auc") is None else with_std(metrics, "margin_auc", 3)
+    return f"{with_std(metrics, 'label_acc')} / {auc}"
 
 
 def selection_score(table: dict[str, dict[str, float]]) -> float:

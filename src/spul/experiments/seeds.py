@@ -55,17 +55,15 @@ def merge_seeds(entries: list[Entry]) -> list[Entry]:
     for entry in entries:
         if entry[0].seed is not None:
             groups.setdefault(_group(entry[0]), []).append(entry)
-    merged, done = [], set()
+    merged = []
     for entry in entries:
         cell = entry[0]
         if cell.seed is None:
             merged.append(entry)
             continue
-        key = _group(cell)
-        if key in done:
+        members = groups[_group(cell)]
+        if entry is not members[0]:  # the group's row stands where its first seed stood
             continue
-        done.add(key)
-        members = groups[key]
         results = [result for _, result in members]
         result = dict(results[0]) | {
             "metrics": _merged_metrics(results),

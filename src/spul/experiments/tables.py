@@ -11,7 +11,7 @@ from spul.data.splits import SPLITS
 from spul.experiments.cells import Cell
 from spul.experiments.seeds import seed_notes
 from spul.experiments.selection import Search, select_runs
-from spul.metrics import label_cell
+from spul.metrics import label_cell, with_std
 
 # Columns a table may show besides its leading ones (only where their value differs between rows).
 # Sweep tables may show any setting; method tables (1, 4, efficiency) only what tells their rows apart
@@ -49,13 +49,6 @@ def cell_values(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
     for key, value in cell.sweep.items():
         values.setdefault(key, value)
     return {k: v for k, v in values.items() if v is not None}
-
-
-def with_std(metric: dict[str, Any], key: str, digits: int = 2) -> str:
-    """A metric, with its std over seeds where the row is a mean (`81.50 ± 2.10`)."""
-    text = f"{metric[key]:.{digits}f}"
-    std = metric.get(f"{key}_std")
-    return text if std is None else f"{text} ± {std:.{digits}f}"
 
 
 def format_value(key: str, value: Any) -> str:
@@ -121,16 +114,9 @@ class Table:
         lines += ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
         for row in rows:
             cells = [format_value(k, row["values"].get(k)) for k in self.keys]
-            cells += [self._label_cell(row["metrics"].get(column)) for column in self.metric_columns]
+            cells += [label_cell(row["metrics"].get(column)) for column in self.metric_columns]
             lines.append("| " + " | ".join(cells) + " |")
         return lines
-
-    @staticmethod
-    def _label_cell(metric: dict[str, Any] | None) -> str:
-        if not metric or "label_acc_std" not in metric:
-            return label_cell(metric)
-        auc = "-" if metric.get("margin_auc") is None else with_std(metric, "margin_auc", 3)
-        return f"{with_std(metric, 'label_acc')} / {auc}"
 
     def _metric_cell(self, row: dict[str, Any], column: str) -> str:
         if column in self.formatters:
