@@ -215,6 +215,47 @@ def test_suffix_prompt_trains_the_same_with_cached_text_and_round_trips(tiny_lm,
     assert max(moved) > 1e-4  # the loaded prompt changes the answers, so it was applied
 
 
+def test_suffix_text_cache_holds_what_fits_and_reads_the_rest_at_each_step(tiny_lm, toy, monkeypatch):
+    """Over its budget the text cache keeps the check's rows, then forget rows, then the rest; a batch
+    mixing cached and uncached rows gets the same logits as one that is all cached."""
+    import torch
+
+    from spul.methods import get_method, soft_prompt
+    from spul.methods.soft_prompt import rows_that_fit
+    from spul.prompting import Encoder, Template, Verbalizer
+    from spul.training import collate
+
+    assert rows_that_fit([5, 5, 5, 5], [3, 1, 3, 0, 2], 10) == [1, 3]  # first come, repeats ignored
+    assert rows_that_fit([5, 20, 5], [0, 1, 2], 10) == [0]  # stops at the first row over the budget
+    assert rows_that_fit([5], [0], 4) == []
+
+    template = Template()
+    encoder = Encoder(tiny_lm.tokenizer, template)
+    words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
+    options = {"num_virtual_tokens": 3, "prompt_position": "suffix"}
+    torch.manual_seed(0)
+    method = get_method("spul")(tiny_lm, encoder, *words, **options)
+    retain, forget = toy.train_retain, toy.train_forget
+    flags = [False] * len(retain) + [True] * len(forget)
+    items = method.items(retain.texts + forget.texts, retain.labels + forget.labels, flags, 0)
+    orders = []
+    monkeypatch.setattr(
+        soft_prompt, "rows_that_fit", lambda s, order, b: orders.append(order) or rows_that_fit(s, order, b)
+    )
+    method.prepare(items, first=[2])
+    assert list(dict.fromkeys(orders[0]))[: 1 + len(forget)] == [2, *range(len(retain), len(items))]
+    assert set(method.text_cache) == set(range(len(items)))  # the default budget holds them all
+    rows = [0, 2, 5, len(retain), len(items) - 1]
+    batch = collate([items[i] for i in rows], method, rows).batch
+    with torch.no_grad():
+        all_cached = method.logits_pair(batch)
+        for i in (0, 5, len(items) - 1):
+            del method.text_cache[i]
+        mixed = method.logits_pair(batch)
+    for a, b in zip(all_cached, mixed, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_suffix_prompt_refuses_multi_token_words(tiny_lm, toy, tmp_path):
     from dataclasses import replace
 

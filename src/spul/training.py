@@ -205,11 +205,11 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:  # nothing to optimise (in-context methods)
         return TrainResult()
-    # References (e.g. the untrained model's answers) come before a checkpoint's weights are loaded.
-    method.prepare(items)
     check, held_out = None, set()
     if config.check_every and (made := method.training_check(items, config.seed)) is not None:
         check, held_out = made
+    # References (e.g. the untrained model's answers) come before a checkpoint's weights are loaded.
+    method.prepare(items, first=sorted(held_out))
     # rows the check holds out are never trained on: the plan draws from the others
     trained = [i for i in range(len(items)) if i not in held_out]
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

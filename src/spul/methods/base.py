@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -114,8 +114,9 @@ class Method(ABC):
         it holds out of training); None where the method has none."""
         return None
 
-    def prepare(self, items: list[TrainItem]) -> None:
-        """Called by the training loop once before the first step, on the untrained model (references)."""
+    def prepare(self, items: list[TrainItem], first: Sequence[int] = ()) -> None:
+        """Called by the training loop once before the first step, on the untrained model (references);
+        `first`: the rows to prepare first where not all fit (those the training check scores)."""
         return None
 
     @abstractmethod

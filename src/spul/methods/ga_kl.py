@@ -10,6 +10,7 @@ The reference is the model before unlearning, with no second copy of it:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ class GradientAscentKL(GradientAscentDescent):
         super().__init__(*args, **options)
         self.reference: dict[int, torch.Tensor] = {}  # item index -> [answer length, vocab] log-probs
 
-    def prepare(self, items: list[TrainItem]) -> None:
+    def prepare(self, items: list[TrainItem], first: Sequence[int] = ()) -> None:
         """Full fine-tuning: the untouched model's answer log-probs of every retain row (on the CPU)."""
         if self.peft is not None or self.config.alpha == 0:
             return

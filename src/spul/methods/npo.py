@@ -8,6 +8,7 @@ plain NPO, trained on the forget rows only).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,7 @@ class NegativePreference(GradientAscentDescent):
         """The retain rows are trained on only when they have a weight."""
         return "all" if self.config.alpha > 0 else "forget"
 
-    def prepare(self, items: list[TrainItem]) -> None:
+    def prepare(self, items: list[TrainItem], first: Sequence[int] = ()) -> None:
         """The untouched model's log-probability of each forget row's answer."""
         forget = [i for i, it in enumerate(items) if it.is_forget]
         for index, batch, logits in self.reference_batches(items, forget):

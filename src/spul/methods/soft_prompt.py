@@ -3,6 +3,7 @@ artifact kind (a peft prompt folder applied in front of every query of the base 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from spul.suffix import (
 )
 
 PROMPT_TYPES = ("ptuning", "prompt-tuning")
+# a suffix prompt's row: per-layer text (keys, values) [kv_heads, T, head_dim], unprompted answer logits
+RowStates = tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
 PROMPT_POSITIONS = ("prefix", "suffix", "auto")
 
 
@@ -84,7 +87,9 @@ class SoftPromptConfig(MethodConfig):
         "prompt-tuning start: random (peft's N(0, 1)) or vocab (embeddings of random vocabulary tokens)",
     )
     text_cache_mb: int = option(
-        2048, "suffix prompts: keep every training row's text states in memory up to this size (0: off)"
+        2048,
+        "suffix prompts: keep training rows' text states in memory up to this size, the check's and forget "
+        "rows first; the others are read at each step (0: off)",
     )
 
     def check(self) -> None:
@@ -146,7 +151,7 @@ class SoftPromptMethod(Method):
         self.peft = get_peft_model(lm.model, config)
         self.peft.prompt_encoder.to(lm.device)
         # suffix prompts: item index -> (per-layer text keys/values, unprompted answer logits)
-        self.text_cache: dict[int, tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = {}
+        self.text_cache: dict[int, RowStates] = {}
         if start is not None:
             with torch.no_grad():
                 self.peft.prompt_encoder["default"].embedding.weight.copy_(start)
@@ -181,52 +186,77 @@ class SoftPromptMethod(Method):
     def logits_pair(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompted answer logits, and the unprompted ones where the pass gave them free (a suffix)."""
         with self.lm.autocast():
-            if self.text_cache and all(i in self.text_cache for i in batch.index):
-                rows = [self.text_cache[i] for i in batch.index]
-                model, cut = self.lm.model, batch.input_ids.shape[1] - self.tail
-                cache = cache_of_rows(model, [r[0] for r in rows], cut)
-                mask, tail_ids = batch.attention_mask[:, :cut], batch.input_ids[:, cut:]
-                prompt = self.placed_prompt()
-                out = suffix_over(model, mask, cache, prompt, tail_ids, **last_logits_only(model))
-                return out.logits[:, -1:].float(), torch.stack([r[1] for r in rows])
-            return answer_logits_pair(self.lm.model, batch, self.placed_prompt())
+            if not self.text_cache:
+                return answer_logits_pair(self.lm.model, batch, self.placed_prompt())
+            missing = [i not in self.text_cache for i in batch.index]
+            fresh = {}
+            if any(missing):  # rows over the cache budget: their text states now, without gradients, not kept
+                fresh = self._states(batch.select(torch.tensor(missing, device=batch.input_ids.device)))
+            rows = [self.text_cache.get(i) or fresh[i] for i in batch.index]
+            model, cut = self.lm.model, batch.input_ids.shape[1] - self.tail
+            cache = cache_of_rows(model, [r[0] for r in rows], cut)
+            mask, tail_ids = batch.attention_mask[:, :cut], batch.input_ids[:, cut:]
+            out = suffix_over(model, mask, cache, self.placed_prompt(), tail_ids, **last_logits_only(model))
+            return out.logits[:, -1:].float(), torch.stack([r[1] for r in rows])
 
-    def prepare(self, items) -> None:
-        """Suffix prompts: each row's text states and unprompted answer, computed once (the frozen model
-        never changes them) in fixed length-sorted batches, so a resumed run sees the same values."""
+    def _states(self, batch: Batch) -> dict[int, RowStates]:
+        """Each row's per-layer text keys/values (without the answer cue) and unprompted answer logits."""
+        model = self.lm.model
+        with torch.no_grad(), self.lm.autocast():
+            out = text_states(model, batch, **last_logits_only(model))
+        layers = row_states(out)
+        if layers is None:
+            return {}
+        width, states = batch.input_ids.shape[1], {}
+        for row, i in enumerate(batch.index):
+            start, end = width - int(batch.attention_mask[row].sum()), width - self.tail
+            kv = [(k[row, :, start:end].clone(), v[row, :, start:end].clone()) for k, v in layers]
+            states[i] = (kv, out.logits[row, -1:].float().clone())
+        return states
+
+    def prepare(self, items, first: Sequence[int] = ()) -> None:
+        """Suffix prompts: the text states and unprompted answer of as many rows as `text_cache_mb` holds
+        (`first`, then forget rows, then the rest), computed once (the frozen model never changes them) in
+        fixed length-sorted batches, so a resumed run sees the same values. Other rows' states are
+        computed at each step they are in."""
         c, model = self.config, self.lm.model
         if c.prompt_position != "suffix" or c.text_cache_mb == 0 or not uses_text_cache(model):
             return
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        per_token = 2 * config.num_hidden_layers * heads * head_dim * 4
-        size = sum(len(it.prompt) for it in items) * per_token + len(items) * config.vocab_size * 4
-        if size > c.text_cache_mb * 2**20:
+        per_token, per_row = 2 * config.num_hidden_layers * heads * head_dim * 4, config.vocab_size * 4
+        sizes = [len(it.prompt) * per_token + per_row for it in items]
+        forget = [i for i, it in enumerate(items) if it.is_forget]
+        chosen = rows_that_fit(sizes, [*first, *forget, *range(len(items))], c.text_cache_mb * 2**20)
+        if len(chosen) < len(items):
             warn(
-                f"suffix prompt: the text states of {len(items)} rows need {size / 2**20:.0f} MB, over "
-                f"text_cache_mb {c.text_cache_mb}: the text is recomputed at every step"
+                f"suffix prompt: the text states of {len(chosen)} of {len(items)} rows fit in "
+                f"text_cache_mb {c.text_cache_mb}; the others are read again at each step"
             )
-            return
-        lengths = [len(it.prompt) for it in items]
-        with progress_bar("text states", total=len(items)) as advance:
-            for chunk in length_sorted_batches(lengths, 32):
-                batch = self.encoder.batch(
-                    [items[i].prompt for i in chunk], [items[i].answer for i in chunk], chunk
-                )
-                batch = batch.to(self.lm.device)
-                with torch.no_grad(), self.lm.autocast():
-                    out = text_states(model, batch, **last_logits_only(model))
-                layers = row_states(out)
-                if layers is None:
+        with progress_bar("text states", total=len(chosen)) as advance:
+            for batch_rows in length_sorted_batches([len(items[i].prompt) for i in chosen], 32):
+                index = [chosen[j] for j in batch_rows]
+                prompts, answers = [items[i].prompt for i in index], [items[i].answer for i in index]
+                batch = self.encoder.batch(prompts, answers, index)
+                states = self._states(batch.to(self.lm.device))
+                if not states:
                     self.text_cache.clear()
                     return
-                width = batch.input_ids.shape[1]
-                for row, i in enumerate(chunk):
-                    start, end = width - int(batch.attention_mask[row].sum()), width - self.tail
-                    states = [(k[row, :, start:end].clone(), v[row, :, start:end].clone()) for k, v in layers]
-                    self.text_cache[i] = (states, out.logits[row, -1:].float().clone())
-                advance(len(chunk))
+                self.text_cache.update(states)
+                advance(len(index))
+
+
+def rows_that_fit(sizes: Sequence[int], order: Sequence[int], budget: int) -> list[int]:
+    """The rows of `order` (repeats ignored), first come first kept, until their sizes pass `budget`;
+    sorted."""
+    chosen, total = [], 0
+    for i in dict.fromkeys(order):
+        total += sizes[i]
+        if total > budget:
+            break
+        chosen.append(i)
+    return sorted(chosen)
 
 
 def check_suffix_words(verbalizer: Verbalizer, generic: Verbalizer | None) -> None:
