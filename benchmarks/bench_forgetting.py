@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10, help="optimizer steps between target checks")
     ap.add_argument("--recipes", default="fast,paper", help="recipes to run, comma-separated")
     ap.add_argument("--variant", action="append", default=[], help="name:recipe:key=value,... (repeatable)")
+    ap.add_argument("--set", default="", help="key=value,... for every run (e.g. text_cache_mb=6144)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run's steps (else its budget)")
     ap.add_argument("--max-seconds", type=float, default=None, help="cap every run's training seconds")
     ap.add_argument("--seed", type=int, default=0)
@@ -100,6 +101,7 @@ def main() -> None:
     for name, recipe, overrides in runs:
         if recipe not in RECIPES:
             raise SystemExit(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        overrides = parse_variant(f"all:{recipe}:{args.set}")[2] | overrides
         options, config = recipe_settings(recipe, overrides, seed=args.seed)
         torch.manual_seed(args.seed)
         method = get_method("spul")(lm, encoder, verbalizer, generic, **options)

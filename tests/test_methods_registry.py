@@ -123,6 +123,9 @@ def test_option_names_are_the_config_fields():
         "beta",
         "label_uniform",
         "augment",
+        "check_rows",
+        "target_forget_acc",
+        "target_retain_drop",
     }
     flags = {o.name: o.flag for o in options("spul")}
     assert flags["num_virtual_tokens"] == "--p" and flags["alpha"] == "--alpha"

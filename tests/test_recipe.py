@@ -334,3 +334,50 @@ def test_rows_the_training_check_holds_out_are_never_trained_on(tiny_lm, toy, tm
         and not {0, 1} & set(seen)
         and set(seen) == set(range(2, len(toy.train_retain) + len(toy.train_forget)))
     )
+
+
+def test_training_check_target_and_rows_are_options(tiny_lm, toy, tmp_path):
+    """`target_forget_acc` / `target_retain_drop` set when the check stops, `check_rows` how many rows it
+    scores; only non-default values are written to the manifest."""
+    import torch
+
+    from spul.errors import SpulError
+    from spul.methods import get_method
+    from spul.pipeline import train_artifact
+    from spul.prompting import Encoder, Template, Verbalizer
+
+    template = Template()
+    words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
+    retain, forget = toy.train_retain, toy.train_forget
+    flags = [False] * len(retain) + [True] * len(forget)
+
+    def check_with(**options):
+        method = get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options)
+        items = method.items(retain.texts + forget.texts, retain.labels + forget.labels, flags, 0)
+        first = [t[0] for t in method.verbalizer.token_ids]
+
+        def always_right(batch, prompted=True):  # every row answered with its label: forget ACC 100 %
+            logits = torch.zeros(len(batch.index), 1, len(tiny_lm.tokenizer))
+            for row, i in enumerate(batch.index):
+                logits[row, 0, first[items[i].label]] = 1.0
+            return logits
+
+        method.logits = always_right
+        method.logits_pair = lambda batch: (always_right(batch), None)
+        check, held_out = method.training_check(items, 0)
+        return check()[1], held_out
+
+    assert check_with(target_forget_acc=100.0)[0] is True
+    assert check_with()[0] is False  # the default target: forget ACC at most 25 %
+    assert len(check_with(check_rows=2)[1]) == 2
+    with pytest.raises(SpulError, match="target_forget_acc"):
+        get_method("spul").resolve({"target_forget_acc": 120})
+
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0, check_every=2, forget_share=0.5)
+    base = {"num_virtual_tokens": 2, "prompt_position": "suffix", "forget_loss": "set"}
+    for name, options in (("set", base | {"target_forget_acc": 10.0}), ("default", base)):
+        manifest = train_artifact("spul", tiny_lm, toy, tmp_path / name, method_options=options, config=cfg,
+                                  show_progress=False)  # fmt: skip
+        assert manifest["hyperparameters"]["method"].get("target_forget_acc") == options.get(
+            "target_forget_acc"
+        )

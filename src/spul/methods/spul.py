@@ -25,6 +25,9 @@ from spul.methods.losses import (
     topk_reference,
 )
 from spul.methods.soft_prompt import SoftPromptConfig, SoftPromptMethod
+from spul.target import Target
+
+CHECK_ROWS = 64  # the training check's default: forget rows and held-out retain rows it scores
 
 
 @dataclass
@@ -59,6 +62,17 @@ class SpulConfig(SoftPromptConfig):
         flag="--gate",
     )
     gate_embedder: str = option(MINILM, "gated SPUL: the gate's sentence embedder")
+    check_rows: int = option(
+        CHECK_ROWS,
+        "training check: how many forget rows and held-out retain rows it scores (check_every > 0)",
+    )
+    target_forget_acc: float = option(
+        Target.forget_acc, "training check: the target's forget ACC, at most (%)"
+    )
+    target_retain_drop: float = option(
+        Target.retain_drop,
+        "training check: the target's retain ACC drop from the model before unlearning, at most (points)",
+    )
 
     def check(self) -> None:
         """Known forget loss and KL reference, non-negative weights."""
@@ -72,6 +86,9 @@ class SpulConfig(SoftPromptConfig):
         if self.kl_top_k is not None and self.kl_top_k < 1:
             raise SpulError(f"kl_top_k must be >= 1 (got {self.kl_top_k})")
         self.require("label_uniform", self.label_uniform >= 0, ">= 0")
+        self.require("check_rows", self.check_rows >= 1, ">= 1")
+        self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
+        self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
         check_augmentations(self.augment)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -84,14 +101,19 @@ class SpulConfig(SoftPromptConfig):
             del out["kl_top_k"]
         if not out["gate"]:
             del out["gate"], out["gate_embedder"]
-        for name, off in (("label_uniform", 0.0), ("augment", [])):
+        unused = {"label_uniform": 0.0, "augment": []}
+        check = {
+            "check_rows": CHECK_ROWS,
+            "target_forget_acc": Target.forget_acc,
+            "target_retain_drop": Target.retain_drop,
+        }
+        for name, off in (unused | check).items():
             if out[name] == off:
                 del out[name]
         return out
 
 
 FORGET_LOSSES = ("set", "random")
-CHECK_ROWS = 64  # training rows of each kind scored by the training check
 GATE_FOLDS = 5  # gated SPUL: cross-validation folds choosing the gate's threshold
 KL_REFERENCES = ("cached", "recompute")
 
@@ -141,23 +163,23 @@ class Spul(SoftPromptMethod):
             write_guard(Path(folder), "gate", PROMPT)
 
     def training_check(self, items, seed):
-        """Every check scores CHECK_ROWS training forget rows and CHECK_ROWS retain rows held out of
+        """Every check scores `check_rows` training forget rows and `check_rows` retain rows held out of
         training (seeded; cheap with a suffix prompt's cached text). The target is met when the forget
-        rows' greedy answer is their label at most `Target.forget_acc` % of the time and the held-out
-        retain rows' within `Target.retain_drop` points of the unprompted model's on them, which a
+        rows' greedy answer is their label at most `target_forget_acc` % of the time and the held-out
+        retain rows' within `target_retain_drop` points of the unprompted model's on them, which a
         prompt cannot reach by memorising its retain rows (at most a quarter of them are held out).
         Score: retain ACC - forget ACC."""
-        from spul.target import Target
         from spul.training import collate
 
         rng = random.Random(seed)
         original = [i for i, it in enumerate(items) if it.source in (None, i)]  # not augmented copies
         forget = [i for i in original if items[i].is_forget]
         retain = [i for i in original if not items[i].is_forget]
-        n_held = min(CHECK_ROWS, len(retain) // 4)  # at most a quarter of the retain rows
+        c = self.config
+        n_held = min(c.check_rows, len(retain) // 4)  # at most a quarter of the retain rows
         if not forget or n_held < 1:
             return None
-        forget = sorted(rng.sample(forget, min(CHECK_ROWS, len(forget))))
+        forget = sorted(rng.sample(forget, min(c.check_rows, len(forget))))
         held_out = sorted(rng.sample(retain, n_held))
         # a held-out row's augmented copies are held out with it
         excluded = set(held_out) | {i for i, it in enumerate(items) if it.source in set(held_out)}
@@ -174,7 +196,8 @@ class Spul(SoftPromptMethod):
                     right += sum(t == first[items[i].label] for t, i in zip(top, chunk, strict=True))
             return 100.0 * right / len(rows)
 
-        target, retain_before = Target(), accuracy(held_out, prompted=False)
+        target = Target(c.target_forget_acc, c.target_retain_drop)
+        retain_before = accuracy(held_out, prompted=False)
 
         def check() -> tuple[float, bool]:
             forget_acc, retain_acc = accuracy(forget, True), accuracy(held_out, True)
