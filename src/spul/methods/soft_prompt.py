@@ -39,9 +39,9 @@ from spul.suffix import (
 )
 
 PROMPT_TYPES = ("ptuning", "prompt-tuning")
+PROMPT_POSITIONS = ("prefix", "suffix", "auto")
 # a suffix prompt's row: per-layer text (keys, values) [kv_heads, T, head_dim], unprompted answer logits
 RowStates = tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
-PROMPT_POSITIONS = ("prefix", "suffix", "auto")
 
 
 def prompt_config(
