@@ -101,14 +101,9 @@ class SpulConfig(SoftPromptConfig):
             del out["kl_top_k"]
         if not out["gate"]:
             del out["gate"], out["gate_embedder"]
-        unused = {"label_uniform": 0.0, "augment": []}
-        check = {
-            "check_rows": CHECK_ROWS,
-            "target_forget_acc": Target.forget_acc,
-            "target_retain_drop": Target.retain_drop,
-        }
-        for name, off in (unused | check).items():
-            if out[name] == off:
+        defaults = type(self)()  # terms off and the training check as it was: not recorded
+        for name in ("label_uniform", "augment", "check_rows", "target_forget_acc", "target_retain_drop"):
+            if out[name] == getattr(defaults, name):
                 del out[name]
         return out
 
