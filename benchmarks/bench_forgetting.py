@@ -68,6 +68,13 @@ def main() -> None:
     ap.add_argument("--set", default="", help="key=value,... for every run (e.g. text_cache_mb=6144)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run's steps (else its budget)")
     ap.add_argument("--max-seconds", type=float, default=None, help="cap every run's training seconds")
+    ap.add_argument(
+        "--ratio-goal",
+        type=float,
+        default=None,
+        help="once a run reaches the target in T s, cap the later runs at this many times T (enough to "
+        "show a ratio of at least this; e.g. 10)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench_forgetting.json")
     args = ap.parse_args()
@@ -98,6 +105,7 @@ def main() -> None:
         parse_variant(v) for v in args.variant
     ]
     results = []
+    max_seconds = args.max_seconds
     for name, recipe, overrides in runs:
         if recipe not in RECIPES:
             raise SystemExit(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
@@ -113,11 +121,11 @@ def main() -> None:
         )
         monitor = TargetMonitor(lm, held, template, target, reference, SPLITS, prefix_fn=method.prefix_fn())
 
-        def check(step: int, monitor=monitor, name=name) -> bool:
+        def check(step: int, monitor=monitor, name=name, max_seconds=max_seconds) -> bool:
             reached = monitor(step)
             last = monitor.checks[-1]
             print(f"  {name} step {step} train {last['train_s']:.0f} s acc {last['acc']}", flush=True)
-            over_time = args.max_seconds is not None and last["train_s"] >= args.max_seconds
+            over_time = max_seconds is not None and last["train_s"] >= max_seconds
             return reached or over_time or (args.max_steps is not None and step >= args.max_steps)
 
         config = replace(config, monitor_every=args.every, checkpoint_every=10**9)
@@ -140,6 +148,10 @@ def main() -> None:
             "checks": monitor.checks,
         }
         results.append(row)
+        if args.ratio_goal and row["reached"] and not any(r["reached"] for r in results[:-1]):
+            cap = args.ratio_goal * row["seconds_to_target"]
+            max_seconds = cap if max_seconds is None else min(max_seconds, cap)
+            print(f"  later runs capped at {max_seconds:.0f} training s (--ratio-goal)", flush=True)
         print(
             json.dumps(
                 {

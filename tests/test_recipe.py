@@ -381,3 +381,55 @@ def test_training_check_target_and_rows_are_options(tiny_lm, toy, tmp_path):
         assert manifest["hyperparameters"]["method"].get("target_forget_acc") == options.get(
             "target_forget_acc"
         )
+
+
+def test_gated_training_check_scores_rows_as_served(tiny_lm, toy, fake_embedder):
+    """Gated SPUL's check gives a row the prompt only where the gate flagged it out of fold: with a prompt
+    that makes every answer wrong, forget ACC falls only on flagged forget rows and held-out retain ACC
+    only on flagged retain rows."""
+    import torch
+
+    from spul.methods import get_method
+    from spul.prompting import Encoder, Template, Verbalizer
+
+    template = Template()
+    words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
+    retain, forget = toy.train_retain, toy.train_forget
+    flags = [False] * len(retain) + [True] * len(forget)
+    options = {"gate": True, "gate_embedder": fake_embedder, "check_rows": 100}
+    method = get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options)
+    items = method.items(retain.texts + forget.texts, retain.labels + forget.labels, flags, 0)
+    assert method.gate_flags is not None and len(method.gate_flags) == len(items)
+    first = [t[0] for t in method.verbalizer.token_ids]
+    wrong = max(first) + 1  # a token that is no label word
+
+    def answering(right: bool):
+        def logits(batch, prompted=True):
+            out = torch.zeros(len(batch.index), 1, len(tiny_lm.tokenizer))
+            for row, i in enumerate(batch.index):
+                out[row, 0, first[items[i].label] if right else wrong] = 1.0
+            return out
+
+        return logits
+
+    method.logits = answering(True)  # the model alone: always right
+    method.logits_pair = lambda batch: (answering(False)(batch), None)  # the prompt: always wrong
+
+    def check_with(gate_flags):
+        method.gate_flags = gate_flags
+        check, held_out = method.training_check(items, 0)
+        forget_rows = [i for i, it in enumerate(items) if it.is_forget]
+        return check(), held_out, forget_rows
+
+    (score, reached), held_out, forget_rows = check_with([it.is_forget for it in items])  # a perfect gate
+    assert reached and score == 100.0  # retain 100 (never prompted) - forget 0
+    (score, reached), _, _ = check_with([False] * len(items))  # a gate that flags nothing
+    assert not reached and score == 0.0  # every row answered by the model alone
+    (score, reached), _, _ = check_with(None)  # ungated: every row prompted
+    assert not reached and score == 0.0  # retain 0 - forget 0
+    one_retain = [i == min(held_out) or it.is_forget for i, it in enumerate(items)]
+    (score, reached), _, _ = check_with(one_retain)
+    assert not reached and score == pytest.approx(100.0 - 100.0 / len(held_out))
+    # a suffix prompt's pass gives the unprompted answer too: the same result from it
+    method.logits_pair = lambda batch: (answering(False)(batch), answering(True)(batch))
+    assert check_with(one_retain)[0] == (pytest.approx(100.0 - 100.0 / len(held_out)), False)

@@ -106,6 +106,14 @@ class EmbeddingGate:
     ) -> EmbeddingGate:
         """Train on forget (1) vs retain (0) training rows; the threshold maximises TPR - FPR on
         out-of-fold scores of those same training rows (no test row is looked at)."""
+        return cls.fit_out_of_fold(forget_vectors, retain_vectors, seed, folds)[0]
+
+    @classmethod
+    def fit_out_of_fold(
+        cls, forget_vectors: np.ndarray, retain_vectors: np.ndarray, seed: int = 0, folds: int = 5
+    ) -> tuple[EmbeddingGate, np.ndarray]:
+        """`fit`, and each training row's out-of-fold flag (forget rows first): what the gate would do
+        to that row had it not been trained on it."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -118,7 +126,8 @@ class EmbeddingGate:
         scores = cross_val_predict(model, x, y, cv=split, method="decision_function")
         threshold = _youden_threshold(scores, y)
         model.fit(x, y)
-        return cls(model.coef_[0].astype(np.float32), float(model.intercept_[0]), threshold)
+        gate = cls(model.coef_[0].astype(np.float32), float(model.intercept_[0]), threshold)
+        return gate, scores >= threshold
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         """The classifier's decision value of each vector (higher = more like the forget set)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from spul.data.rules import KeywordRule, RegexRule
@@ -200,7 +201,7 @@ class EmbeddingGateMethod(GuardMethod):
 
     def build(self, forget: list[str], retain: list[str], seed: int) -> TextGate:
         """Embed the rows, fit the gate on forget (1) vs retain (0)."""
-        return fit_text_gate(forget, retain, self.config.embedder, self.config.folds, seed)
+        return fit_text_gate(forget, retain, self.config.embedder, self.config.folds, seed)[0]
 
     def save_rule(self, folder: Path) -> None:
         """gate.safetensors (the weights) + gate.json (bias, threshold, embedder)."""
@@ -213,8 +214,11 @@ class EmbeddingGateMethod(GuardMethod):
         return TextGate(gate, get_embedder(gate.embedder_name))
 
 
-def fit_text_gate(forget: list[str], retain: list[str], embedder: str, folds: int, seed: int) -> TextGate:
-    """Embed the training rows and fit the gate on forget (1) vs retain (0)."""
+def fit_text_gate(
+    forget: list[str], retain: list[str], embedder: str, folds: int, seed: int
+) -> tuple[TextGate, np.ndarray]:
+    """Embed the training rows and fit the gate on forget (1) vs retain (0); also each row's out-of-fold
+    flag (forget rows first)."""
     if len(forget) < folds or len(retain) < folds:
         raise SpulError(
             f"gate: needs at least {folds} forget and {folds} retain training rows "
@@ -222,9 +226,9 @@ def fit_text_gate(forget: list[str], retain: list[str], embedder: str, folds: in
         )
     embed = get_embedder(embedder)
     vectors = embed(forget + retain)
-    gate = EmbeddingGate.fit(vectors[: len(forget)], vectors[len(forget) :], seed=seed, folds=folds)
+    gate, flags = EmbeddingGate.fit_out_of_fold(vectors[: len(forget)], vectors[len(forget) :], seed, folds)
     gate.embedder_name = embedder
-    return TextGate(gate, embed)
+    return TextGate(gate, embed), flags
 
 
 def write_guard(folder: Path, rule: str, action: str) -> None:

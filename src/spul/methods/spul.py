@@ -128,13 +128,23 @@ class Spul(SoftPromptMethod):
         self.label_first = torch.tensor([w[0] for w in self.verbalizer.token_ids])
         self.reference: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # cached KL references
         self.gate_rule = None  # gated SPUL: the gate fitted on the training rows
+        self.gate_flags: list[bool] | None = None  # ... and its out-of-fold flag of each training row
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label."""
         if self.config.gate:
-            forget = [t for t, f in zip(texts, is_forget, strict=True) if f]
-            retain = [t for t, f in zip(texts, is_forget, strict=True) if not f]
-            self.gate_rule = fit_text_gate(forget, retain, self.config.gate_embedder, GATE_FOLDS, seed)
+            forget = [i for i, f in enumerate(is_forget) if f]
+            retain = [i for i, f in enumerate(is_forget) if not f]
+            self.gate_rule, flags = fit_text_gate(
+                [texts[i] for i in forget],
+                [texts[i] for i in retain],
+                self.config.gate_embedder,
+                GATE_FOLDS,
+                seed,
+            )
+            self.gate_flags = [False] * len(texts)
+            for i, flag in zip(forget + retain, flags.tolist(), strict=True):
+                self.gate_flags[i] = flag
         rng = random.Random(seed)
         texts, labels, is_forget, sources = augmented(
             texts, labels, is_forget, self.config.augment, self.verbalizer.words, seed
@@ -163,7 +173,8 @@ class Spul(SoftPromptMethod):
         rows' greedy answer is their label at most `target_forget_acc` % of the time and the held-out
         retain rows' within `target_retain_drop` points of the unprompted model's on them, which a
         prompt cannot reach by memorising its retain rows (at most a quarter of them are held out).
-        Score: retain ACC - forget ACC."""
+        Gated SPUL is checked as it is served: a row gets the prompt only if the gate flagged it out of
+        fold. Score: retain ACC - forget ACC."""
         from spul.training import collate
 
         rng = random.Random(seed)
@@ -179,6 +190,19 @@ class Spul(SoftPromptMethod):
         # a held-out row's augmented copies are held out with it
         excluded = set(held_out) | {i for i, it in enumerate(items) if it.source in set(held_out)}
         first = [t[0] for t in self.verbalizer.token_ids]
+        gated = self.gate_flags is not None
+
+        def answers(batch, chunk: list[int], prompted: bool) -> torch.Tensor:
+            if not prompted:
+                return self.logits(batch, prompted=False)[:, -1].argmax(-1)
+            logits, unprompted = self.logits_pair(batch)
+            top = logits[:, -1].argmax(-1)
+            if not gated:
+                return top
+            if unprompted is None:  # a prefix prompt: the unprompted pass is a second forward
+                unprompted = self.logits(batch, prompted=False)
+            flagged = torch.tensor([self.gate_flags[i] for i in chunk], device=top.device)
+            return torch.where(flagged, top, unprompted[:, -1].argmax(-1))
 
         def accuracy(rows: list[int], prompted: bool) -> float:
             right = 0
@@ -186,8 +210,7 @@ class Spul(SoftPromptMethod):
                 for start in range(0, len(rows), 32):
                     chunk = rows[start : start + 32]
                     batch = collate([items[i] for i in chunk], self, chunk).batch
-                    logits = self.logits_pair(batch)[0] if prompted else self.logits(batch, prompted=False)
-                    top = logits[:, -1].argmax(-1).tolist()
+                    top = answers(batch, chunk, prompted).tolist()
                     right += sum(t == first[items[i].label] for t, i in zip(top, chunk, strict=True))
             return 100.0 * right / len(rows)
 
