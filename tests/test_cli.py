@@ -115,16 +115,20 @@ def test_unlearning_rows_are_a_share_of_the_rows_fine_tuned_on(toy):
 
 
 def test_unlearn_twice_with_one_seed_is_identical_and_another_seed_differs(tmp_path, tiny_model_dir, toy_dir):
-    def unlearn(out, seed):
+    def unlearn(out, seed, *more):
         result = invoke(
             "unlearn", "--model", tiny_model_dir, "--data", toy_dir, "--out", out, "--seed", seed,
-            "--epochs", 2, "--batch-size", 4, "--p", 3, "-q",
+            "--epochs", 2, "--batch-size", 4, "--p", 3, "-q", *more,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         weights = {p.name: p.read_bytes() for p in sorted(out.glob("*.safetensors"))}
         assert weights, sorted(p.name for p in out.iterdir())
-        return weights, json.loads((out / "spul.json").read_text())["metrics"]
+        manifest = json.loads((out / "spul.json").read_text())
+        return weights, manifest["metrics"], manifest["data"], manifest["hyperparameters"]["training"]["seed"]
 
     first, again, other = (unlearn(tmp_path / name, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
     assert first == again  # the same bytes and the same table
     assert first[0] != other[0]
+    # --train-seed: another training on the rows of --seed
+    trained = unlearn(tmp_path / "d", 0, "--train-seed", 1)
+    assert trained[0] != first[0] and trained[2] == first[2] and (first[3], trained[3]) == (0, 1)

@@ -57,6 +57,7 @@ REFUSED = [
     ("unlearn --tau 0", "--tau", "(0, 1]"),
     ("unlearn --tau 1.5", "--tau", "(0, 1]"),
     ("unlearn --seed -1", "--seed", ">= 0"),
+    ("finetune --train-seed -1", "--train-seed", ">= 0"),
     ("unlearn --precision fp8", "--precision", "fp32"),
     ("unlearn --device nope", "--device", "cpu"),
     ("unlearn --device-map nope", "--device-map", "auto"),

@@ -26,9 +26,11 @@ def bounded(
     end excluded); None (not given) passes."""
 
     def check(value):
+        if value is None:
+            return value
         below = low is not None and (value < low or (open_low and value == low))
         above = high is not None and (value > high or (open_high and value == high))
-        if value is not None and (below or above):
+        if below or above:
             if high is None:
                 span = f"{'>' if open_low else '>='} {low}"
             elif low is None:
@@ -131,7 +133,18 @@ LimitOpt = Annotated[
     str | None, typer.Option(help="cap rows per split: N, or per split: train_retain=4000,test_retain=1000")
 ]
 SeedOpt = Annotated[
-    int, typer.Option(help="seed for sampling, generic labels and training", callback=bounded(0))
+    int,
+    typer.Option(
+        help="seed for sampling the rows, and for training unless --train-seed", callback=bounded(0)
+    ),
+]
+TrainSeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="seed for training alone (initialisation, batch order, generic labels), the rows staying "
+        "those of --seed: several training seeds on the same rows (default: --seed)",
+        callback=bounded(0),
+    ),
 ]
 BatchOpt = Annotated[int, typer.Option(help="batch size", callback=bounded(1))]
 DEVICE_CHECK = _checked(_machine_rule("device"))

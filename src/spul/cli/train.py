@@ -33,6 +33,7 @@ from spul.cli.options import (
     TauOpt,
     TemplateOpt,
     TestOpt,
+    TrainSeedOpt,
     gathered,
     load_full,
     make_template,
@@ -97,6 +98,7 @@ class RunArgs:
     limit: LimitOpt = None
     eval_limit: EvalLimitOpt = None
     seed: SeedOpt = 0
+    train_seed: TrainSeedOpt = None
     resume: ResumeOpt = False
     eval_each_epoch: EvalEachOpt = False
     checkpoint_every: CkptOpt = 100
@@ -110,6 +112,11 @@ class RunArgs:
     device_map: DeviceMapOpt = None
     template: TemplateOpt = None
     quiet: QuietOpt = False
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of training: --train-seed, else --seed."""
+        return self.seed if self.train_seed is None else self.train_seed
 
     def selection(self, tau: float = 1.0, ledger: Path | None = None) -> Selection:
         """The row selection these options ask for (limits parsed here, once)."""
@@ -202,7 +209,7 @@ def finetune_cmd(
     from spul.training import TrainConfig
 
     flags = training_flags(run, epochs=epochs, lr=lr, batch_size=batch_size)
-    config = TrainConfig(**flags, seed=run.seed)
+    config = TrainConfig(**flags, seed=run.training_seed)
     options = {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout}
     options["targets"] = list(words(targets))
     get_method("finetune").resolve(options)  # nonsense refused before anything loads
@@ -311,14 +318,14 @@ def _train_config(method_class, options, recipe, run: RunArgs, epochs, lr, batch
     if recipe is not None:
         from spul.methods.spul import recipe_settings
 
-        base = recipe_settings(recipe, seed=run.seed)[1]
+        base = recipe_settings(recipe, seed=run.training_seed)[1]
     else:
         defaults = method_class.training_defaults(options)
         base = TrainConfig(
             epochs=defaults.get("epochs", TrainConfig.epochs), lr=defaults.get("lr", TrainConfig.lr)
         )
     given = training_flags(run, epochs=epochs, lr=lr, batch_size=batch_size, max_grad_norm=max_grad_norm)
-    return replace(base, seed=run.seed, **given)
+    return replace(base, seed=run.training_seed, **given)
 
 
 def training_flags(run: RunArgs, **given: float | None) -> dict[str, Any]:
