@@ -288,6 +288,7 @@ def test_training_check_keeps_the_best_weights_and_stops_at_the_target(tiny_lm, 
                               show_progress=False)  # fmt: skip
     checks = manifest["checks"]
     assert [c["step"] for c in checks] == list(range(2, 2 * len(checks) + 1, 2))
+    assert all({"forget_acc", "retain_acc", "retain_before"} <= set(c) for c in checks)  # what it measured
     best = max(checks, key=lambda c: c["score"])
     reached = [c for c in checks if c["reached"]]
     if reached:  # stopped at the first check that met the target, with those weights
@@ -300,7 +301,7 @@ def test_training_check_keeps_the_best_weights_and_stops_at_the_target(tiny_lm, 
     original = spul_method.Spul.training_check
 
     def always(self, items, seed):
-        return (lambda: (0.0, True)), set()
+        return (lambda: (0.0, True, {})), set()
 
     spul_method.Spul.training_check = always
     try:
@@ -323,7 +324,7 @@ def test_rows_the_training_check_holds_out_are_never_trained_on(tiny_lm, toy, tm
         return real_loss(self, batch)
 
     monkeypatch.setattr(
-        spul_method.Spul, "training_check", lambda self, items, seed: ((lambda: (0.0, False)), {0, 1})
+        spul_method.Spul, "training_check", lambda self, items, seed: ((lambda: (0.0, False, {})), {0, 1})
     )
     monkeypatch.setattr(spul_method.Spul, "loss", loss)
     cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, seed=0, check_every=2)
@@ -418,18 +419,16 @@ def test_gated_training_check_scores_rows_as_served(tiny_lm, toy, fake_embedder)
     def check_with(gate_flags):
         method.gate_flags = gate_flags
         check, held_out = method.training_check(items, 0)
-        forget_rows = [i for i, it in enumerate(items) if it.is_forget]
-        return check(), held_out, forget_rows
+        score, reached, measured = check()
+        assert score == measured["retain_acc"] - measured["forget_acc"]
+        return (measured["forget_acc"], measured["retain_acc"], reached), held_out
 
-    (score, reached), held_out, forget_rows = check_with([it.is_forget for it in items])  # a perfect gate
-    assert reached and score == 100.0  # retain 100 (never prompted) - forget 0
-    (score, reached), _, _ = check_with([False] * len(items))  # a gate that flags nothing
-    assert not reached and score == 0.0  # every row answered by the model alone
-    (score, reached), _, _ = check_with(None)  # ungated: every row prompted
-    assert not reached and score == 0.0  # retain 0 - forget 0
+    perfect, held_out = check_with([it.is_forget for it in items])
+    assert perfect == (0.0, 100.0, True)  # forget rows prompted (wrong), retain rows never prompted
+    assert check_with([False] * len(items))[0] == (100.0, 100.0, False)  # nothing flagged: the model alone
+    assert check_with(None)[0] == (0.0, 0.0, False)  # ungated: every row prompted
     one_retain = [i == min(held_out) or it.is_forget for i, it in enumerate(items)]
-    (score, reached), _, _ = check_with(one_retain)
-    assert not reached and score == pytest.approx(100.0 - 100.0 / len(held_out))
+    assert check_with(one_retain)[0] == (0.0, pytest.approx(100.0 - 100.0 / len(held_out)), False)
     # a suffix prompt's pass gives the unprompted answer too: the same result from it
     method.logits_pair = lambda batch: (answering(False)(batch), answering(True)(batch))
-    assert check_with(one_retain)[0] == (pytest.approx(100.0 - 100.0 / len(held_out)), False)
+    assert check_with(one_retain)[0] == (0.0, pytest.approx(100.0 - 100.0 / len(held_out)), False)

@@ -56,7 +56,7 @@ class TrainResult:
     steps: int = 0
     stopped_at: int | None = None  # the step where `monitor` or the training check ended the run early
     best_step: int | None = None  # the step whose weights were kept by the training check
-    checks: list[dict[str, Any]] = field(default_factory=list)  # the training checks: step, score, reached
+    checks: list[dict[str, Any]] = field(default_factory=list)  # step, score, reached, what it measured
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -295,9 +295,10 @@ def train(
                 save(step)
             if check is not None and step % config.check_every == 0:
                 module.eval()
-                score, reached = check()
+                score, reached, measured = check()
                 module.train()
-                result.checks.append({"step": step, "score": round(score, 4), "reached": reached})
+                measured = {k: round(v, 4) for k, v in measured.items()}
+                result.checks.append({"step": step, "score": round(score, 4), "reached": reached} | measured)
                 if score > best_score or reached:
                     best_score, best_state, result.best_step = score, trainable_state(module), step
                 if reached:

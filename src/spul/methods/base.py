@@ -109,9 +109,9 @@ class Method(ABC):
 
     def training_check(
         self, items: list[TrainItem], seed: int
-    ) -> tuple[Callable[[], tuple[float, bool]], set[int]] | None:
-        """A cheap check for `TrainConfig.check_every`: (() -> (score, target reached), the item indices
-        it holds out of training); None where the method has none."""
+    ) -> tuple[Callable[[], tuple[float, bool, dict[str, float]]], set[int]] | None:
+        """A cheap check for `TrainConfig.check_every`: (() -> (score, target reached, what it measured),
+        the item indices it holds out of training); None where the method has none."""
         return None
 
     def prepare(self, items: list[TrainItem], first: Sequence[int] = ()) -> None:

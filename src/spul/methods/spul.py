@@ -217,10 +217,11 @@ class Spul(SoftPromptMethod):
         target = Target(c.target_forget_acc, c.target_retain_drop)
         retain_before = accuracy(held_out, prompted=False)
 
-        def check() -> tuple[float, bool]:
+        def check() -> tuple[float, bool, dict[str, float]]:
             forget_acc, retain_acc = accuracy(forget, True), accuracy(held_out, True)
             reached = forget_acc <= target.forget_acc and retain_acc >= retain_before - target.retain_drop
-            return retain_acc - forget_acc, reached
+            measured = {"forget_acc": forget_acc, "retain_acc": retain_acc, "retain_before": retain_before}
+            return retain_acc - forget_acc, reached, measured
 
         return check, excluded
 
