@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from spul.augment import augmented, check_augmentations
@@ -135,16 +136,11 @@ class Spul(SoftPromptMethod):
         if self.config.gate:
             forget = [i for i, f in enumerate(is_forget) if f]
             retain = [i for i, f in enumerate(is_forget) if not f]
-            self.gate_rule, flags = fit_text_gate(
-                [texts[i] for i in forget],
-                [texts[i] for i in retain],
-                self.config.gate_embedder,
-                GATE_FOLDS,
-                seed,
-            )
-            self.gate_flags = [False] * len(texts)
-            for i, flag in zip(forget + retain, flags.tolist(), strict=True):
-                self.gate_flags[i] = flag
+            rows = [[texts[i] for i in forget], [texts[i] for i in retain]]
+            self.gate_rule, flags = fit_text_gate(*rows, self.config.gate_embedder, GATE_FOLDS, seed)
+            in_order = np.zeros(len(texts), dtype=bool)
+            in_order[forget + retain] = flags  # the gate's flags come forget rows first
+            self.gate_flags = in_order.tolist()
         rng = random.Random(seed)
         texts, labels, is_forget, sources = augmented(
             texts, labels, is_forget, self.config.augment, self.verbalizer.words, seed
@@ -190,35 +186,38 @@ class Spul(SoftPromptMethod):
         # a held-out row's augmented copies are held out with it
         excluded = set(held_out) | {i for i, it in enumerate(items) if it.source in set(held_out)}
         first = [t[0] for t in self.verbalizer.token_ids]
-        gated = self.gate_flags is not None
 
-        def answers(batch, chunk: list[int], prompted: bool) -> torch.Tensor:
-            if not prompted:
-                return self.logits(batch, prompted=False)[:, -1].argmax(-1)
-            logits, unprompted = self.logits_pair(batch)
-            top = logits[:, -1].argmax(-1)
-            if not gated:
-                return top
-            if unprompted is None:  # a prefix prompt: the unprompted pass is a second forward
-                unprompted = self.logits(batch, prompted=False)
-            flagged = torch.tensor([self.gate_flags[i] for i in chunk], device=top.device)
-            return torch.where(flagged, top, unprompted[:, -1].argmax(-1))
-
-        def accuracy(rows: list[int], prompted: bool) -> float:
-            right = 0
+        def top_answers(rows: list[int], prompted: bool) -> list[int]:
+            out = []
             with torch.no_grad():
                 for start in range(0, len(rows), 32):
                     chunk = rows[start : start + 32]
                     batch = collate([items[i] for i in chunk], self, chunk).batch
-                    top = answers(batch, chunk, prompted).tolist()
-                    right += sum(t == first[items[i].label] for t, i in zip(top, chunk, strict=True))
+                    logits = self.logits_pair(batch)[0] if prompted else self.logits(batch, prompted=False)
+                    out += logits[:, -1].argmax(-1).tolist()
+            return out
+
+        # the frozen model's own answers never change: computed once, for the retain baseline and (gated
+        # SPUL) for the rows the gate does not send to the prompt
+        alone = dict(zip(held_out, top_answers(held_out, prompted=False), strict=True))
+        if self.gate_flags is not None:
+            alone |= dict(zip(forget, top_answers(forget, prompted=False), strict=True))
+
+        def served(rows: list[int]) -> list[int]:
+            answers = top_answers(rows, prompted=True)
+            if self.gate_flags is None:
+                return answers
+            return [a if self.gate_flags[i] else alone[i] for a, i in zip(answers, rows, strict=True)]
+
+        def accuracy(rows: list[int], answers: list[int]) -> float:
+            right = sum(a == first[items[i].label] for a, i in zip(answers, rows, strict=True))
             return 100.0 * right / len(rows)
 
         target = Target(c.target_forget_acc, c.target_retain_drop)
-        retain_before = accuracy(held_out, prompted=False)
+        retain_before = accuracy(held_out, [alone[i] for i in held_out])
 
         def check() -> tuple[float, bool, dict[str, float]]:
-            forget_acc, retain_acc = accuracy(forget, True), accuracy(held_out, True)
+            forget_acc, retain_acc = accuracy(forget, served(forget)), accuracy(held_out, served(held_out))
             reached = forget_acc <= target.forget_acc and retain_acc >= retain_before - target.retain_drop
             measured = {"forget_acc": forget_acc, "retain_acc": retain_acc, "retain_before": retain_before}
             return retain_acc - forget_acc, reached, measured
