@@ -119,7 +119,17 @@ def main() -> None:
             [False] * len(retain) + [True] * len(forget),
             args.seed,
         )
-        monitor = TargetMonitor(lm, held, template, target, reference, SPLITS, prefix_fn=method.prefix_fn())
+        # gated SPUL (gate=true): the held rows are scored as served, the prompt only where the gate flags
+        monitor = TargetMonitor(
+            lm,
+            held,
+            template,
+            target,
+            reference,
+            SPLITS,
+            prefix_fn=method.prefix_fn(),
+            guard=method.inference_guard(),
+        )
 
         def check(step: int, monitor=monitor, name=name, max_seconds=max_seconds) -> bool:
             reached = monitor(step)
@@ -131,6 +141,8 @@ def main() -> None:
         config = replace(config, monitor_every=args.every, checkpoint_every=10**9)
         began = time.perf_counter()
         result = train(method, items, config, monitor=check, show_progress=False)
+        if not monitor.checks or monitor.checks[-1]["step"] != result.steps:
+            check(result.steps)  # the prompt the recipe returns (e.g. stopped by its own training check)
         wall = time.perf_counter() - began
         reached = [c for c in monitor.checks if c["reached"]]
         row = {

@@ -342,9 +342,13 @@ def test_gate_with_the_real_minilm_flags_the_forget_topic(tiny_lm):
     ]
 
 
-def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(tiny_lm, toy, tmp_path, fake_embedder):
+def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(
+    tiny_lm, toy, tmp_path, fake_embedder, monkeypatch
+):
     """Gated SPUL: the gate is saved beside the prompt; flagged queries get the prompted answer, the
-    others exactly the model alone (one pass for both with a suffix prompt)."""
+    others exactly the model alone (one pass for both with a suffix prompt); Table 1's Fine-tuned row
+    comes from the same pass."""
+    import spul.evaluation
     from spul.engine import score
     from spul.guardrails import PROMPT
     from spul.pipeline import train_artifact
@@ -380,3 +384,11 @@ def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(tiny_lm, toy, t
             probs /= probs.sum()
             assert [got[row]["probabilities"][w] for w in verbalizer.words] == pytest.approx(probs, abs=1e-5)
         assert model.evaluate(toy, show_progress=False) == manifest["metrics"]
+        monkeypatch.setattr(spul.evaluation, "load_model", lambda *args, **kwargs: tiny_lm)  # "Vanilla"
+        model.base_adapter = "fine-tune"  # as over a fine-tune: the Fine-tuned row is this model alone
+        rows = spul.evaluation.compare(model, toy, title="Gated SPUL", show_progress=False)
+        assert list(rows) == ["Vanilla", "Fine-tuned", "Gated SPUL"]
+        assert rows["Gated SPUL"] == manifest["metrics"]
+        alone = evaluate(tiny_lm, toy, show_progress=False)
+        for split in toy.splits:
+            assert rows["Fine-tuned"][split] == pytest.approx(alone[split], abs=1e-6)

@@ -10,7 +10,7 @@ import torch
 from spul.methods.base import TrainItem
 from spul.methods.losses import answer_kl, answer_kl_topk, generic_set_nll, topk_reference
 from spul.methods.spul import RECIPES, recipe_settings
-from spul.target import Target
+from spul.target import Target, TargetMonitor
 from spul.training import BatchPlan, TrainConfig
 
 
@@ -432,3 +432,25 @@ def test_gated_training_check_scores_rows_as_served(tiny_lm, toy, fake_embedder)
     # a suffix prompt's pass gives the unprompted answer too: the same result from it
     method.logits_pair = lambda batch: (answering(False)(batch), answering(True)(batch))
     assert check_with(one_retain)[0] == (0.0, pytest.approx(100.0 - 100.0 / len(held_out)), False)
+
+
+def test_target_monitor_scores_held_rows_as_served_with_a_gate(monkeypatch):
+    """The monitor evaluates held rows with the gated prompt's guard (apply_guard's own tests show a guard
+    giving the prompt to flagged rows alone), and records each check's ACC and target."""
+    import spul.target
+
+    seen = []
+
+    def fake_evaluate(lm, held, **options):
+        seen.append(options)
+        return {"train_forget": {"acc": 20.0}, "train_retain": {"acc": 90.0}}
+
+    monkeypatch.setattr(spul.target, "evaluate", fake_evaluate)
+    reference = {"train_forget": {"acc": 88.0}, "train_retain": {"acc": 91.0}}
+    guard, prefix = object(), object()
+    splits = ("train_forget", "train_retain")
+    for given in (None, guard):
+        monitor = TargetMonitor(None, None, None, Target(), reference, splits, prefix_fn=prefix, guard=given)
+        assert monitor(5)
+        assert seen[-1]["guard"] is given and seen[-1]["prefix_fn"] is prefix
+        assert monitor.checks[-1]["acc"] == {"train_forget": 20.0, "train_retain": 90.0}

@@ -85,19 +85,22 @@ def evaluate_with_and_without(
     prefix_fn: PrefixFn,
     *,
     template: Template | None = None,
+    guard: Guard | None = None,
     batch_size: int = 32,
     show_progress: bool = True,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """(table with the soft prompt, table of the same model without it): one pass for a suffix prompt."""
+    """(table with the soft prompt, table of the same model without it): one pass for a suffix prompt.
+    A gated prompt's `guard` gives the first table the prompt only where it flags the text."""
     template = template or Template()
     encoder = Encoder(lm.tokenizer, template)
     verbalizer = Verbalizer.build(lm.tokenizer, data.label_words, template)
 
     def pair(texts, labels, name):
-        return score_with_and_without(
+        prompted, plain = score_with_and_without(
             lm, encoder, verbalizer, texts, labels, prefix_fn,
             batch_size=batch_size, description=name, show_progress=show_progress,
         )  # fmt: skip
+        return apply_guard(prompted, texts, guard, plain), plain
 
     with_prompt, without = _tables(data, SPLITS, len(verbalizer), pair)
     return with_prompt, without
@@ -121,12 +124,14 @@ def compare(
         lambda base, adapter: load_model(base, adapter=adapter, **load_options)
     )
     rows = {}
-    plain_prompt = unlearned.prompt is not None and unlearned.plain_encoder and unlearned.guard is None
-    if finetuned is unlearned.lm and plain_prompt:
-        # a soft prompt over the fine-tuned model itself: both rows from one pass where it can
+    guard = unlearned.guard
+    plain_prompt = unlearned.prompt is not None and unlearned.plain_encoder
+    if finetuned is unlearned.lm and plain_prompt and (guard is None or guard.action == PROMPT):
+        # a soft prompt (gated or not) over the fine-tuned model itself: both rows from one pass where it can
         rows[title], rows["Fine-tuned"] = evaluate_with_and_without(
-            finetuned, data, unlearned.prefix_fn, template=template, batch_size=batch_size, show_progress=show
-        )
+            finetuned, data, unlearned.prefix_fn, template=template, guard=guard, batch_size=batch_size,
+            show_progress=show,
+        )  # fmt: skip
     else:
         rows[title] = unlearned.evaluate(data, batch_size=batch_size, show_progress=show)
     if finetuned is not None and "Fine-tuned" not in rows:

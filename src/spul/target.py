@@ -9,6 +9,7 @@ from typing import Any
 
 from spul.data.splits import UnlearningData
 from spul.evaluation import evaluate
+from spul.guardrails import Guard
 from spul.models import LoadedModel
 from spul.prompting import Template
 
@@ -44,6 +45,7 @@ class TargetMonitor:
     splits: tuple[str, ...]
     prefix_fn: Callable[[], Any] | None = None
     encoder: Any = None
+    guard: Guard | None = None  # gated SPUL: held rows are scored as served (the prompt where it flags)
     batch_size: int = 32
     checks: list[dict[str, Any]] = field(default_factory=list)
     _started: float = field(default_factory=time.perf_counter)
@@ -58,6 +60,7 @@ class TargetMonitor:
             template=self.template,
             prefix_fn=self.prefix_fn,
             encoder=self.encoder,
+            guard=self.guard,
             batch_size=self.batch_size,
             splits=self.splits,
             show_progress=False,
