@@ -255,7 +255,9 @@ def test_probe_accuracy_rescores_only_changed_rows(toy, monkeypatch):
         predicted = [OTHER if "sandler" in t.lower() else y for t, y in zip(texts, labels, strict=True)]
         return Scores(np.array(predicted), np.zeros((len(texts), 2)), np.zeros(len(texts)))
 
-    monkeypatch.setattr(audit_report, "score", fake_score)
+    import spul.evaluation
+
+    monkeypatch.setattr(spul.evaluation, "score", fake_score)
     unlearned = type(
         "U",
         (),
@@ -264,6 +266,7 @@ def test_probe_accuracy_rescores_only_changed_rows(toy, monkeypatch):
             "encoder": None,
             "verbalizer": Verbalizer(("negative", "positive"), ((1,), (2,))),
             "guard": None,
+            "withhold": True,
         },
     )()
     unlearned.prefix_fn = lambda: None

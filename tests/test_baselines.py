@@ -20,7 +20,7 @@ from spul.data import load_data
 from spul.engine import score
 from spul.errors import SpulError
 from spul.evaluation import evaluate
-from spul.guardrails import apply_guard
+from spul.guardrails import apply_guard, withhold_label
 from spul.methods import METHODS, get_method
 from spul.models import load_model
 from spul.pipeline import load_unlearned, train_artifact
@@ -352,12 +352,19 @@ def test_method_trains_saves_and_reloads(
     in_memory = apply_guard(in_memory, texts, kwargs.get("guard"))
 
     unlearned = load_unlearned(out, device="cpu", precision="fp32")
-    assert unlearned.kind == kind
+    assert unlearned.kind == kind and unlearned.withhold == (name != "finetune")  # the answer policy
+    unlearned.withhold = False  # the label probabilities as computed: where the round trip shows
     predicted = unlearned.predict(texts)
     got = torch.tensor([[p["probabilities"][w] for w in verbalizer.words] for p in predicted])
     torch.testing.assert_close(got, probabilities(in_memory).float(), atol=2e-6, rtol=0)
     labels = [verbalizer.words[i] if i >= 0 else "other" for i in in_memory.predicted]
     assert [p["label"] for p in predicted] == labels
+    unlearned.withhold = True  # as served: a generic answer withholds the label probabilities
+    served = torch.tensor(
+        [[p["probabilities"][w] for w in verbalizer.words] for p in unlearned.predict(texts)]
+    )
+    torch.testing.assert_close(served, probabilities(withhold_label(in_memory)).float(), atol=2e-6, rtol=0)
+    unlearned.withhold = name != "finetune"  # its own policy, as train_artifact evaluated it
     assert unlearned.evaluate(toy, show_progress=False) == manifest["metrics"]
 
     # and it is not the base model any more

@@ -56,6 +56,17 @@ def test_finetune_unlearn_predict_and_three_row_table(tmp_path, tiny_model_dir, 
     # the train splits are scored on the rows the prompt was trained on
     evaluated = json.loads((tmp_path / "e" / "results.json").read_text())["data"]["splits"]["train_forget"]
     assert evaluated == {"size": 6, "sha256": manifest["data"]["forget_sha256"]}
+    # --raw-probabilities: the label probabilities behind generic answers, the same served answers
+    result = invoke("evaluate", "--prompt", prompt, "--data", toy_dir, "--out", tmp_path / "raw", "-q",
+                    "--raw-probabilities")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    raw = json.loads((tmp_path / "raw" / "results.json").read_text())
+    assert raw["raw_probabilities"] is True and raw["rows"]["Fine-tuned"] == rows["Fine-tuned"]
+    for split, served in rows["SPUL"].items():
+        assert raw["rows"]["SPUL"][split]["acc"] == served["acc"]
+        if served["other"] == 100.0:  # every answer generic: a coin flip, whatever the model computes
+            assert served["label_acc"] == 50.0 and served["margin_auc"] in (0.5, None)
+    assert any(raw["rows"]["SPUL"][s]["label_acc"] != rows["SPUL"][s]["label_acc"] for s in rows["SPUL"])
 
     args = ["predict", "--prompt", prompt]
     by_arg = invoke(*args, "gorgeous film", "bleak music")

@@ -50,8 +50,10 @@ def plain_transformers(folder, texts):
 
 
 def spul_answers(prompt):
-    """What `spul predict` gives: label-normalised log-probabilities and the answer (-1: other)."""
+    """What `spul predict` computes: label-normalised log-probabilities (before the answer policy, which
+    is the serving layer's and not in an exported folder) and the answer (-1: other)."""
     unlearned = load_unlearned(prompt, device="cpu", precision="fp32")
+    unlearned.withhold = False
     got = unlearned.predict(TEXTS)
     words = list(unlearned.verbalizer.words)
     logprobs = np.log([[r["probabilities"][w] for w in words] for r in got])

@@ -4,6 +4,7 @@ as methods (`filter`, `gate`): saved, loaded, evaluated, predicting, audited and
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +16,7 @@ from spul.audit.probes import EntityFinder
 from spul.engine import OTHER, Scores
 from spul.errors import SpulError
 from spul.evaluation import compare, evaluate
-from spul.guardrails import EmbeddingGate, Guard, KeywordFilter, TextGate, apply_guard
+from spul.guardrails import PROMPT, EmbeddingGate, Guard, KeywordFilter, TextGate, apply_guard
 from spul.methods import get_method, resolve_options
 from spul.methods.guard import load_guard, with_forget_rule
 from spul.models import load_model
@@ -82,6 +83,27 @@ def test_apply_guard_gives_flagged_rows_the_generic_answer_and_leaves_the_rest()
     assert apply_guard(scores, texts, None) is scores
     with pytest.raises(SpulError, match="unknown guard action 'nope'"):
         Guard(KeywordFilter(("sandler",)), action="nope")
+
+
+def test_answer_policy_withholds_the_label_probabilities_of_generic_answers():
+    """An unlearned model's generic answer comes with uniform label probabilities (label-only ACC: a fair
+    coin, margin AUC 0.5 on those rows); label answers keep theirs; the input is not changed."""
+    from spul.guardrails import withhold_label
+    from spul.metrics import split_metrics
+
+    scores = Scores(np.array([1, OTHER, OTHER]), np.log([[0.1, 0.9], [0.8, 0.2], [0.3, 0.6]]), np.ones(3))
+    withheld = withhold_label(scores)
+    assert withheld.predicted.tolist() == [1, OTHER, OTHER]
+    assert np.allclose(withheld.logprobs[1:], np.log(0.5)) and np.allclose(withheld.loss[1:], np.log(2))
+    assert np.array_equal(withheld.logprobs[0], scores.logprobs[0]) and withheld.loss[0] == 1.0
+    assert scores.logprobs[1, 0] == np.log(0.8)
+    labels = [1, 0, 1]
+    assert split_metrics(labels, scores.predicted, 2, scores.logprobs)["label_acc"] == 100.0
+    assert split_metrics(labels, withheld.predicted, 2, withheld.logprobs)["label_acc"] == pytest.approx(
+        200 / 3
+    )
+    no_generic = Scores(np.array([0, 1]), np.log([[0.6, 0.4], [0.4, 0.6]]), np.ones(2))
+    assert withhold_label(no_generic) is no_generic
 
 
 def test_text_gate_embeds_then_flags():
@@ -196,7 +218,8 @@ def test_guard_artifacts_answer_forget_rows_generic_and_retain_rows_as_the_model
     forget = table["train_forget"]
     assert forget["other"] == 100.0 and forget["acc"] == 0.0
     assert forget["margin_auc"] == 0.5  # uniform label log-probs: nothing about the label leaks
-    assert table["train_retain"] == plain["train_retain"] and table["test_retain"] == plain["test_retain"]
+    alone = evaluate(unlearned.lm, toy, withhold=True, show_progress=False)  # the same answer policy
+    assert table["train_retain"] == alone["train_retain"] and table["test_retain"] == alone["test_retain"]
     rows = compare(unlearned, toy, title="Guard", show_progress=False, device="cpu", precision="fp32")
     assert list(rows) == ["Vanilla", "Guard"] and rows["Guard"] == table and rows["Vanilla"] == plain
 
@@ -237,10 +260,16 @@ def test_audit_probes_and_membership_stats_go_through_the_guard(toy, monkeypatch
     def fake_score(lm, encoder, verbalizer, texts, labels, **kwargs):  # a model that remembers every row
         return Scores(np.array(labels), np.zeros((len(texts), 2)), np.zeros(len(texts)))
 
-    monkeypatch.setattr(audit_report, "score", fake_score)
+    import spul.evaluation
+
+    monkeypatch.setattr(spul.evaluation, "score", fake_score)
     guard = Guard(KeywordFilter(("sandler",)))
     unlearned = SimpleNamespace(
-        lm=None, encoder=None, verbalizer=Verbalizer(("negative", "positive"), ((1,), (2,))), guard=guard
+        lm=None,
+        encoder=None,
+        verbalizer=Verbalizer(("negative", "positive"), ((1,), (2,))),
+        guard=guard,
+        withhold=True,
     )
     unlearned.prefix_fn = lambda: None
     finder = EntityFinder(method="capitalised-heuristic", lexicon={"sandler"})
@@ -252,8 +281,11 @@ def test_audit_probes_and_membership_stats_go_through_the_guard(toy, monkeypatch
         audit_report.TokenStats(np.array([-1.0, -2.0]), np.zeros(2), np.ones(2), -1.0, -3.0, t)
         for t in ("a sandler", "a film")
     ]
-    flagged, kept = audit_report.guarded_stats(stats, ["a sandler", "a film"], guard, 2)
-    assert flagged.label_logprob == -np.log(2) and flagged.text == "" and kept is stats[1]
+    alone = [replace(s, text=s.text + " alone") for s in stats]
+    flagged, kept = audit_report.guarded_stats(stats, alone, ["a sandler", "a film"], guard, 2)
+    assert flagged.label_logprob == -np.log(2) and flagged.text == "" and kept is alone[1]
+    gated = Guard(KeywordFilter(("sandler",)), PROMPT)  # gated SPUL: the prompted row where it flags
+    assert audit_report.guarded_stats(stats, alone, ["a sandler", "a film"], gated, 2) == [stats[0], alone[1]]
     assert (
         audit_report.model_labels(False, guarded=True)["fine_tuned"] == "the fine-tuned model, guard dropped"
     )
@@ -377,12 +409,23 @@ def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(
             tiny_lm, encoder, verbalizer, texts, [0] * len(texts), prefix_fn=model._prefix(), **common
         )
         plain = score(tiny_lm, encoder, verbalizer, texts, [0] * len(texts), **common)
+        model.withhold = False  # the label probabilities as computed, where the gate's choice shows
         got = model.predict(texts)
+        _, served = audit_report.served_answers(model, texts, [0] * len(texts), 4)  # what the audit attacks
         for row, flagged in enumerate(flags):
             want = (prompted if flagged else plain).logprobs[row]
+            assert served[row] == pytest.approx(want, abs=1e-5)
             probs = np.exp(want - want.max())
             probs /= probs.sum()
             assert [got[row]["probabilities"][w] for w in verbalizer.words] == pytest.approx(probs, abs=1e-5)
+        model.withhold = True  # the answer policy: a generic answer carries uniform label probabilities
+        for row, answer in enumerate(model.predict(texts)):
+            generic = (prompted if flags[row] else plain).predicted[row] == OTHER
+            assert answer == (
+                {"label": "other", "probabilities": {"negative": 0.5, "positive": 0.5}}
+                if generic
+                else got[row]
+            )
         assert model.evaluate(toy, show_progress=False) == manifest["metrics"]
         monkeypatch.setattr(spul.evaluation, "load_model", lambda *args, **kwargs: tiny_lm)  # "Vanilla"
         model.base_adapter = "fine-tune"  # as over a fine-tune: the Fine-tuned row is this model alone

@@ -158,6 +158,12 @@ def test_label_only_metrics_see_through_generic_answers():
     flipped = split_metrics(labels, predicted, 2, logprobs[:, ::-1])
     assert flipped["label_acc"] == 0.0 and flipped["margin_auc"] == 0.0
     assert split_metrics([1, 1], [1, 1], 2, logprobs[:2])["margin_auc"] is None  # one class only
+    tied = np.log(np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.1, 0.8]]))  # uniform: a fair coin
+    assert split_metrics(labels, predicted, 2, tied)["label_acc"] == 100.0 * (0.5 * 3 + 1) / 4
+    three = np.log(np.array([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4], [1 / 3] * 3, [0.1, 0.8, 0.1]]))
+    assert split_metrics(labels, predicted, 3, three)["label_acc"] == pytest.approx(
+        100 * (1 / 2 + 1 / 2 + 1 / 3 + 1) / 4
+    )
     text = format_table({"SPUL": {"train_forget": m}})
     assert "Label-only ACC" in text and "100.00 / 1.000" in text
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from spul.data.splits import SPLITS, UnlearningData
 from spul.engine import PrefixFn, Scores, score, score_with_and_without
-from spul.guardrails import PROMPT, Guard, apply_guard
+from spul.guardrails import PROMPT, Guard, apply_guard, withhold_label
 from spul.metrics import split_metrics
 from spul.models import LoadedModel, load_model
 from spul.prompting import Encoder, Template, Verbalizer
@@ -21,6 +21,7 @@ def evaluate(
     prefix_fn: PrefixFn | None = None,
     encoder: Encoder | None = None,
     guard: Guard | None = None,
+    withhold: bool = False,
     batch_size: int = 32,
     max_length: int = 512,
     splits: tuple[str, ...] = SPLITS,
@@ -29,7 +30,8 @@ def evaluate(
     """ACC / weighted F1 on each split of the data, with or without a soft prompt.
 
     `encoder` replaces the plain template encoding (in-context methods put demonstrations before each text);
-    `guard` answers the texts it flags with its action (spul.guardrails.apply_guard).
+    `guard` answers the texts it flags with its action (spul.guardrails.apply_guard); `withhold`: an
+    unlearned model's answer policy (spul.guardrails.withhold_label).
     """
     template = template or Template()
     encoder = encoder or Encoder(lm.tokenizer, template, max_length)
@@ -37,6 +39,7 @@ def evaluate(
     options = {
         "prefix_fn": prefix_fn,
         "guard": guard,
+        "withhold": withhold,
         "batch_size": batch_size,
         "show_progress": show_progress,
     }
@@ -68,15 +71,20 @@ def guarded_score(
     *,
     prefix_fn: PrefixFn | None = None,
     guard: Guard | None = None,
+    withhold: bool = False,
     **options: Any,
 ) -> Scores:
     """`engine.score` with the artifact's guard applied (a gated prompt: prompted where the guard flags
-    the text, the model alone elsewhere; both from one pass for a suffix prompt)."""
+    the text, the model alone elsewhere; both from one pass for a suffix prompt); `withhold`: the
+    unlearned model's answer policy (spul.guardrails.withhold_label)."""
     if guard is not None and guard.action == PROMPT and prefix_fn is not None:
         prompted, plain = score_with_and_without(lm, encoder, verbalizer, texts, labels, prefix_fn, **options)
-        return apply_guard(prompted, texts, guard, plain)
-    scores = score(lm, encoder, verbalizer, texts, labels, prefix_fn=prefix_fn, **options)
-    return apply_guard(scores, texts, guard)
+        scores = apply_guard(prompted, texts, guard, plain)
+    else:
+        scores = apply_guard(
+            score(lm, encoder, verbalizer, texts, labels, prefix_fn=prefix_fn, **options), texts, guard
+        )
+    return withhold_label(scores) if withhold else scores
 
 
 def evaluate_with_and_without(
@@ -86,11 +94,13 @@ def evaluate_with_and_without(
     *,
     template: Template | None = None,
     guard: Guard | None = None,
+    withhold: bool = False,
     batch_size: int = 32,
     show_progress: bool = True,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """(table with the soft prompt, table of the same model without it): one pass for a suffix prompt.
-    A gated prompt's `guard` gives the first table the prompt only where it flags the text."""
+    A gated prompt's `guard` gives the first table the prompt only where it flags the text; `withhold`
+    applies the unlearned model's answer policy to the first table."""
     template = template or Template()
     encoder = Encoder(lm.tokenizer, template)
     verbalizer = Verbalizer.build(lm.tokenizer, data.label_words, template)
@@ -100,7 +110,8 @@ def evaluate_with_and_without(
             lm, encoder, verbalizer, texts, labels, prefix_fn,
             batch_size=batch_size, description=name, show_progress=show_progress,
         )  # fmt: skip
-        return apply_guard(prompted, texts, guard, plain), plain
+        served = apply_guard(prompted, texts, guard, plain)
+        return (withhold_label(served) if withhold else served), plain
 
     with_prompt, without = _tables(data, SPLITS, len(verbalizer), pair)
     return with_prompt, without
@@ -129,8 +140,8 @@ def compare(
     if finetuned is unlearned.lm and plain_prompt and (guard is None or guard.action == PROMPT):
         # a soft prompt (gated or not) over the fine-tuned model itself: both rows from one pass where it can
         rows[title], rows["Fine-tuned"] = evaluate_with_and_without(
-            finetuned, data, unlearned.prefix_fn, template=template, guard=guard, batch_size=batch_size,
-            show_progress=show,
+            finetuned, data, unlearned.prefix_fn, template=template, guard=guard,
+            withhold=unlearned.withhold, batch_size=batch_size, show_progress=show,
         )  # fmt: skip
     else:
         rows[title] = unlearned.evaluate(data, batch_size=batch_size, show_progress=show)

@@ -227,15 +227,26 @@ def apply_guard(
             np.where(keep[:, None], scores.logprobs, unprompted.logprobs),
             np.where(keep, scores.loss, unprompted.loss),
         )
-    flags = guard.flags(texts)
-    if not flags.any():
+    return answer_generic(scores, guard.flags(texts))
+
+
+def answer_generic(scores: Scores, rows: np.ndarray) -> Scores:
+    """`scores` with the `rows` (a boolean mask) answered generic and carrying nothing about the label:
+    answer OTHER, uniform label log-probabilities, loss log K."""
+    if not rows.any():
         return scores
     k = scores.logprobs.shape[1]
     predicted, logprobs, loss = scores.predicted.copy(), scores.logprobs.copy(), scores.loss.copy()
-    predicted[flags] = OTHER
-    logprobs[flags] = -np.log(k)
-    loss[flags] = np.log(k)
+    predicted[rows] = OTHER
+    logprobs[rows] = -np.log(k)
+    loss[rows] = np.log(k)
     return replace(scores, predicted=predicted, logprobs=logprobs, loss=loss)
+
+
+def withhold_label(scores: Scores) -> Scores:
+    """The answer policy of an unlearned model: a generic (forgotten) answer comes with uniform label
+    probabilities, so the response does not give the forgotten label back through its probabilities."""
+    return answer_generic(scores, scores.predicted == OTHER)
 
 
 def _minilm() -> Embedder:

@@ -21,9 +21,10 @@ def split_metrics(
     F1 is sklearn's support-weighted F1 over the task labels: a non-task answer lowers recall of the
     true class but is no class of its own (it has no support), as in the paper's evaluation.
     With the label words' log-probabilities (`logprobs`, [N, K]) it adds what those give away even
-    when the answer is generic: `label_acc`, the accuracy of the argmax over the label words alone, and
-    `margin_auc`, the ROC AUC of the label margin log p(label 1) - log p(label 0) against the true label
-    (K > 2: one-vs-rest macro AUC of the label-word probabilities; None when one class is missing).
+    when the answer is generic: `label_acc`, the accuracy of the argmax over the label words alone (a tie
+    between k label words counts 1/k: a fair coin), and `margin_auc`, the ROC AUC of the label margin
+    log p(label 1) - log p(label 0) against the true label (K > 2: one-vs-rest macro AUC of the
+    label-word probabilities; None when one class is missing).
     """
     y_true = np.asarray(labels)
     y_pred = np.asarray(predicted)
@@ -44,7 +45,10 @@ def label_only_metrics(y_true: np.ndarray, logprobs: np.ndarray) -> dict[str, fl
     """Label-only ACC (percent) and label-margin ROC AUC of [N, K] label-word log-probabilities."""
     from sklearn.metrics import roc_auc_score
 
-    label_acc = 100.0 * float(np.mean(logprobs.argmax(1) == y_true)) if len(y_true) else 0.0
+    label_acc = 0.0
+    if len(y_true):  # tied maxima (e.g. uniform label probabilities) count as a fair coin: 1 / ties
+        at_top = logprobs == logprobs.max(1, keepdims=True)
+        label_acc = 100.0 * float(np.mean(at_top[np.arange(len(y_true)), y_true] / at_top.sum(1)))
     auc = None
     if len(np.unique(y_true)) == logprobs.shape[1] >= 2:
         if logprobs.shape[1] == 2:

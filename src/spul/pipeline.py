@@ -84,6 +84,7 @@ def train_artifact(
             prefix_fn=method.prefix_fn(),
             encoder=method.inference_encoder(),
             guard=method.inference_guard(),
+            withhold=method.unlearns,
             batch_size=batch_size_eval,
             show_progress=show_progress,
         )

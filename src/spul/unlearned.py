@@ -18,7 +18,7 @@ from spul.data.splits import UnlearningData
 from spul.engine import PrefixKV
 from spul.evaluation import evaluate, guarded_score
 from spul.guardrails import Guard
-from spul.methods import get_kind
+from spul.methods import METHODS, get_kind
 from spul.methods.kinds import base_adapter_of
 from spul.models import LoadedModel
 from spul.prompting import Encoder, Template, Verbalizer
@@ -51,6 +51,9 @@ class Unlearned:
         self.prompt: torch.Tensor | SuffixPrompt | None = attached.prompt
         self.prompt_states: PrefixKV | None = attached.prompt_states
         self.guard: Guard | None = attached.guard
+        # the answer policy (spul.guardrails.withhold_label); False: the label probabilities as computed
+        method = METHODS.get(manifest.get("method", ""))
+        self.withhold = method.unlearns if method is not None else True
 
     def prefix_fn(self) -> torch.Tensor | PrefixKV | None:
         """The fixed soft prompt: its precomputed key/value states, else its embeddings (None: no prompt)."""
@@ -92,7 +95,8 @@ class Unlearned:
         self, texts: list[str], batch_size: int = 32, show_progress: bool = False
     ) -> list[dict[str, Any]]:
         """Label and label probabilities (normalised over the label words) of each text, prompt applied (a
-        text the guard flags: label "other", uniform probabilities)."""
+        text the guard flags, or answered generic under the answer policy: label "other", uniform
+        probabilities)."""
         scores = guarded_score(
             self.lm,
             self.encoder,
@@ -101,6 +105,7 @@ class Unlearned:
             [0] * len(texts),
             prefix_fn=self._prefix(),
             guard=self.guard,
+            withhold=self.withhold,
             batch_size=batch_size,
             show_progress=show_progress,
         )
@@ -124,6 +129,7 @@ class Unlearned:
             prefix_fn=self._prefix(),
             encoder=self.encoder,
             guard=self.guard,
+            withhold=self.withhold,
             **kwargs,
         )
 

@@ -1,7 +1,8 @@
 """An adaptive black-box attack on the served answer: a query-budgeted random search over appended words.
 
 The attacker sees only what the service returns for a query: the served label (a label word or a generic
-"other"), and with `feedback="probabilities"` the label probabilities beside it. Per forget row it appends
+"other"), and with `feedback="probabilities"` the label probabilities beside it (none behind a generic
+answer: the answer policy of spul.guardrails.withhold_label makes them uniform). Per forget row it appends
 `words` words drawn from a vocabulary and, one query at a time, swaps one of them for another word; with
 probabilities it keeps a swap when the true label's margin (log p(true) - max log p(other label)) grows
 (greedy random search), with labels alone it keeps every swap (random walk).

@@ -76,7 +76,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "## Robustness probes (prompted model)",
         "",
         f"Accuracy (%) under each rewrite of the texts; a generic answer counts as wrong; after `·` the "
-        f"label-only ACC (argmax over the label words: what returned probabilities give away). "
+        f"label-only ACC (argmax over the label words: what returned probabilities give away; a generic "
+        f"answer returns none, a coin flip). "
         f"`relearn_*` write {RELEARN_SHOTS} correctly labelled rows of the forget (retain) pool before the "
         f"text. `changed` = rows "
         f"the probe altered (the others keep their unprobed prediction; `acc_changed` in audit.json is the "

@@ -24,8 +24,8 @@ from spul.audit.probes import (
 )
 from spul.audit.tokens import sequence_stats
 from spul.data.splits import FORGET_SPLITS, SPLITS, UnlearningData
-from spul.engine import score
-from spul.guardrails import Guard, apply_guard
+from spul.evaluation import guarded_score
+from spul.guardrails import PROMPT, Guard
 from spul.metrics import split_metrics
 from spul.models import LoadedModel
 from spul.pipeline import Unlearned
@@ -74,20 +74,22 @@ def served_answers(
     prompted: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """What the service answers: the label index (or OTHER) and the label-word log-probabilities of each
-    text, with the prompt and guard (`prompted=False`: the fine-tuned model, both dropped)."""
-    scores = score(
+    text, with the prompt and guard as the artifact applies them (a gated prompt only where its gate
+    flags the text); `prompted=False`: the fine-tuned model, both dropped."""
+    scores = guarded_score(
         unlearned.lm,
         unlearned.encoder,
         unlearned.verbalizer,
         texts,
         labels,
-        batch_size=batch_size,
         prefix_fn=unlearned.prefix_fn if prompted else None,
+        guard=unlearned.guard if prompted else None,
+        withhold=unlearned.withhold and prompted,
+        batch_size=batch_size,
         description=what,
         show_progress=show_progress,
     )
-    guarded = apply_guard(scores, texts, unlearned.guard if prompted else None)
-    return guarded.predicted, guarded.logprobs
+    return scores.predicted, scores.logprobs
 
 
 def attack_table(
@@ -216,11 +218,16 @@ def run_audit(
     baseline = None
     if reference is not None:
         baseline = {s: example_scores(v, k) for s, v in stats_of(reference, None, "reference").items()}
-    mia = {}
+    mia, alone = {}, None
     for model_name, prefix_fn in zip(MODELS, (None, unlearned.prefix_fn), strict=True):
         stats = stats_of(lm, prefix_fn, model_name)
-        if model_name == "unlearned" and unlearned.guard is not None:
-            stats = {s: guarded_stats(v, data[s].texts, unlearned.guard, k_labels) for s, v in stats.items()}
+        if model_name == "fine_tuned":
+            alone = stats
+        elif unlearned.guard is not None:
+            stats = {
+                s: guarded_stats(v, alone[s], data[s].texts, unlearned.guard, k_labels)
+                for s, v in stats.items()
+            }
         scores = {s: example_scores(v, k) for s, v in stats.items()}
         if baseline is not None:
             scores = {s: v | calibrated_scores(v, baseline[s]) for s, v in scores.items()}
@@ -274,13 +281,17 @@ def _attack_met(adaptive: dict[str, Any] | None) -> bool | None:
 
 
 def guarded_stats(
-    stats: list[TokenStats], texts: list[str], guard: Guard, num_labels: int
+    stats: list[TokenStats], alone: list[TokenStats], texts: list[str], guard: Guard, num_labels: int
 ) -> list[TokenStats]:
-    """The statistics a guarded model shows: a row the guard flags gets the generic answer, the same for
-    every flagged row (uniform label log-probabilities), so it carries no membership signal."""
+    """The statistics a guarded model shows. A row the guard flags: with a generic-answer guard the same
+    answer for every flagged row (uniform label log-probabilities, no membership signal); with a gated
+    prompt the prompted row's `stats`. A row it does not flag: the model alone's (`alone`)."""
+    flags = guard.flags(texts)
+    if guard.action == PROMPT:
+        return [s if f else a for s, a, f in zip(stats, alone, flags, strict=True)]
     uniform = -float(np.log(num_labels))
     same = TokenStats(np.array([uniform]), np.array([uniform]), np.zeros(1), uniform, 0.0, "")
-    return [same if f else s for s, f in zip(stats, guard.flags(texts), strict=True)]
+    return [same if f else a for a, f in zip(alone, flags, strict=True)]
 
 
 def model_labels(prompted: bool, guarded: bool = False) -> dict[str, str]:

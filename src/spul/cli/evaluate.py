@@ -100,6 +100,14 @@ def evaluate_cmd(
     machine: Machine = None,
     template: TemplateOpt = None,
     quiet: QuietOpt = False,
+    raw_probabilities: Annotated[
+        bool,
+        typer.Option(
+            help="--prompt: label-only metrics from the label probabilities as the model computes them, "
+            "without the answer policy that withholds them on generic answers (what someone holding the "
+            "prompt and the weights sees)"
+        ),
+    ] = False,
 ) -> None:
     """Print the four-split ACC / F1 table (Vanilla, fine-tuned and SPUL rows with --prompt)."""
     from spul.evaluation import compare, evaluate
@@ -119,14 +127,14 @@ def evaluate_cmd(
         rows = {lm.name: table}
     else:
         unlearned = load_unlearned(prompt, adapter=adapter, **loading)
+        unlearned.withhold = unlearned.withhold and not raw_probabilities
         title = _method_title(unlearned.manifest["method"])
         rows = compare(
             unlearned, dataset, title=title, batch_size=batch_size, show_progress=not quiet, **loading
         )
     typer.echo(format_table(rows))
-    write_results(
-        out, rows, {"data": dataset.fingerprint(), "model": model, "adapter": adapter, "prompt": prompt}
-    )
+    info = {"data": dataset.fingerprint(), "model": model, "adapter": adapter, "prompt": prompt}
+    write_results(out, rows, info | ({"raw_probabilities": True} if raw_probabilities else {}))
     note(f"wrote {out / 'results.json'} and {out / 'results.csv'}")
 
 

@@ -63,6 +63,9 @@ class Method(ABC):
     from_untouched_model: ClassVar[bool] = False
     # A row of the README's baseline table: which rows it trains on and its loss (see spul.methods.docs).
     baseline: ClassVar[bool] = True
+    # True for unlearning methods: their artifacts answer under the unlearned model's answer policy (a
+    # generic answer withholds the label probabilities, spul.guardrails.withhold_label); not a fine-tune.
+    unlearns: ClassVar[bool] = True
     trains_on: ClassVar[str] = ""
     objective: ClassVar[str] = ""
 

@@ -41,6 +41,7 @@ class LoraFinetune(Method):
     name = "finetune"
     config_class = FinetuneConfig
     baseline = False
+    unlearns = False
 
     def __init__(self, *args: Any, **options: Any):
         super().__init__(*args, **options)

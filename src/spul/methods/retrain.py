@@ -32,6 +32,7 @@ class Retrain(LoraFinetune):
     config_class = RetrainConfig
     from_untouched_model = True
     baseline = True
+    unlearns = True  # the exact-unlearning reference: answers as every unlearned model does
     trains_on = "retain rows, from the untouched model"
     objective = "the `spul finetune` recipe (LoRA)"
 
