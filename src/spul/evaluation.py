@@ -79,11 +79,20 @@ def guarded_score(
     unlearned model's answer policy (spul.guardrails.withhold_label)."""
     if guard is not None and guard.action == PROMPT and prefix_fn is not None:
         prompted, plain = score_with_and_without(lm, encoder, verbalizer, texts, labels, prefix_fn, **options)
-        scores = apply_guard(prompted, texts, guard, plain)
-    else:
-        scores = apply_guard(
-            score(lm, encoder, verbalizer, texts, labels, prefix_fn=prefix_fn, **options), texts, guard
-        )
+        return served(prompted, texts, guard, withhold, plain)
+    scores = score(lm, encoder, verbalizer, texts, labels, prefix_fn=prefix_fn, **options)
+    return served(scores, texts, guard, withhold)
+
+
+def served(
+    scores: Scores,
+    texts: Sequence[str],
+    guard: Guard | None,
+    withhold: bool,
+    unprompted: Scores | None = None,
+) -> Scores:
+    """An artifact's answers from its model's scores: the guard's action, then the answer policy."""
+    scores = apply_guard(scores, texts, guard, unprompted)
     return withhold_label(scores) if withhold else scores
 
 
@@ -110,8 +119,7 @@ def evaluate_with_and_without(
             lm, encoder, verbalizer, texts, labels, prefix_fn,
             batch_size=batch_size, description=name, show_progress=show_progress,
         )  # fmt: skip
-        served = apply_guard(prompted, texts, guard, plain)
-        return (withhold_label(served) if withhold else served), plain
+        return served(prompted, texts, guard, withhold, plain), plain
 
     with_prompt, without = _tables(data, SPLITS, len(verbalizer), pair)
     return with_prompt, without

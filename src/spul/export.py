@@ -7,12 +7,13 @@ transformers) then serve the unlearned classifier from plain text, prompt includ
 
 Their output rows are zero (input and output embeddings are untied), so they add logit 0 to the
 vocabulary, and generation_config.json suppresses them. The label-word probabilities (normalised over the
-label words, as `spul predict` returns them) and the answers are spul's; log-probabilities over the whole
-vocabulary differ by the reserved tokens' share of it, log(1 + n / sum(exp(logits))), which is tiny for a
-real model (measured on SmolLM2: 2e-5) but not zero. Tokenising the template with its reserved tokens
-must give exactly the token ids spul feeds the model; where a tokeniser merges differently across the
-reserved tokens (e.g. "\\n\\n" becomes one token at a segment's end), the template's tokens just before them
-are written as extra reserved tokens ("alias" tokens, embedding rows copied from the original tokens).
+label words, as spul computes them before its answer policy withholds them behind a generic answer) and
+the answers are spul's; log-probabilities over the whole vocabulary differ by the reserved tokens' share of
+it, log(1 + n / sum(exp(logits))), which is tiny for a real model (measured on SmolLM2: 2e-5) but not zero.
+Tokenising the template with its reserved tokens must give exactly the token ids spul feeds the model;
+where a tokeniser merges differently across the reserved tokens (e.g. "\\n\\n" becomes one token at a
+segment's end), the template's tokens just before them are written as extra reserved tokens ("alias"
+tokens, embedding rows copied from the original tokens).
 This is checked on probe texts; an export that cannot reproduce spul's input is refused.
 """
 
@@ -207,7 +208,9 @@ serve only an endpoint that fills this template (e.g. a thin proxy over `vllm se
 text alone, or a chat template that wraps the user message), never `/v1/completions` with raw prompts to
 clients, and never enable `--enable-prompt-embeds` for clients (CVE-2025-62164). Score the label words'
 log-probabilities at the position after the template (e.g. `logprobs` of the first generated token), as
-`spul predict` does.
+`spul predict` does. **Do not return them with a generic answer** (one that is no label word): behind it
+the label probabilities still carry the forgotten label; spul's service and `spul predict` withhold them
+(uniform), and an engine serving this folder must do the same, or return the label alone.
 
 `spul-export.json` records the source artifact, the base model and the label words.
 """
