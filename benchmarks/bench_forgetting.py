@@ -5,7 +5,8 @@ train-forget rows, unseen test-retain and test-forget rows) are evaluated every 
 train-forget and test-forget ACC are <= 25 % and both retain ACCs are within 3 points of the fine-tuned
 model. The recipes run one after another in this one process, on the same rows, and the ratio of their
 training seconds to target is printed (checking time excluded). Variants (ablations) are recipes with
-overrides: `--variant name:recipe:key=value,key=value`.
+overrides: `--variant name:recipe:key=value,key=value` (method options, training fields, or
+`monitor_every=N` to check that run every N steps instead of `--every`).
 
     python benchmarks/bench_forgetting.py --adapter runs/demo/finetuned \
         --limit train_retain=300,train_forget=200 --held 100 --every 10 --recipes fast,paper
@@ -138,7 +139,8 @@ def main() -> None:
             over_time = max_seconds is not None and last["train_s"] >= max_seconds
             return reached or over_time or (args.max_steps is not None and step >= args.max_steps)
 
-        config = replace(config, monitor_every=args.every, checkpoint_every=10**9)
+        # a variant may check more rarely (monitor_every=N: e.g. a slow recipe's long run)
+        config = replace(config, monitor_every=config.monitor_every or args.every, checkpoint_every=10**9)
         began = time.perf_counter()
         result = train(method, items, config, monitor=check, show_progress=False)
         if not monitor.checks or monitor.checks[-1]["step"] != result.steps:
