@@ -220,7 +220,9 @@ def run_audit(
         baseline = {s: example_scores(v, k) for s, v in stats_of(reference, None, "reference").items()}
     mia, alone = {}, None
     for model_name, prefix_fn in zip(MODELS, (None, unlearned.prefix_fn), strict=True):
-        stats = stats_of(lm, prefix_fn, model_name)
+        # without a soft prompt both runs score the same model the same way: computed once
+        same_run = model_name == "unlearned" and unlearned.prompt is None
+        stats = alone if same_run else stats_of(lm, prefix_fn, model_name)
         if model_name == "fine_tuned":
             alone = stats
         elif unlearned.guard is not None:
