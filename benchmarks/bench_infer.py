@@ -21,7 +21,6 @@ import torch
 from common import bench_texts, load_bench_model, machine, report
 
 from spul.engine import prefix_kv, score
-from spul.models import cast_frozen_linears
 from spul.prompting import Encoder, Template, Verbalizer
 
 
@@ -59,8 +58,7 @@ def main() -> None:
         start = time.perf_counter()
         states = prefix_kv(lm.model, embeds)  # once, at load time
         build_ms = (time.perf_counter() - start) * 1000
-    if lm.autocast_dtype is not None and not args.prompt:
-        cast_frozen_linears(lm.model, lm.autocast_dtype)  # as `load_unlearned` does for serving
+    lm.cast_frozen()  # as `load_unlearned` does for serving
     encoder = Encoder(lm.tokenizer, template)
     verbalizer = Verbalizer.build(lm.tokenizer, ("negative", "positive"), template)
     texts, labels = bench_texts(max(args.rows, args.queries), args.data_dir)

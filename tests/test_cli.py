@@ -41,12 +41,15 @@ def test_finetune_unlearn_predict_and_three_row_table(tmp_path, tiny_model_dir, 
     result = invoke("finetune", "--out", ft, "--lora-r", 4, *common)
     assert result.exit_code == 0, result.output
     result = invoke(
-        "unlearn", "--out", prompt, "--adapter", ft, "--p", 3, "--limit", "train_forget=6", *common
-    )
+        "unlearn", "--out", prompt, "--adapter", ft, "--p", 3, "--limit", "train_forget=6", *common,
+        "--check-every", 1,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     manifest = json.loads((prompt / "spul.json").read_text())
     assert manifest["base_model"]["adapter"] == str(ft)
     assert manifest["hyperparameters"]["method"]["num_virtual_tokens"] == 3
+    assert manifest["hyperparameters"]["training"]["check_every"] == 1  # a check after every step
+    assert [c["step"] for c in manifest["checks"]] == list(range(1, manifest["steps"] + 1))
 
     result = invoke("evaluate", "--prompt", prompt, "--data", toy_dir, "--out", tmp_path / "e", "-q")
     assert result.exit_code == 0, result.output

@@ -167,25 +167,29 @@ def test_prompt_states_built_once_serve_every_call(tiny_lm):
     np.testing.assert_array_equal(calls[0].predicted, plain.predicted)
 
 
-def test_frozen_linears_cast_once_give_autocast_results():
-    """Casting frozen Linear weights to bf16 once equals autocast casting them at every call."""
+def test_frozen_linears_cast_once_give_autocast_results(monkeypatch):
+    """Scoring casts the frozen Linear weights to bf16 once; the scores equal autocast casting them at
+    every call."""
     from dataclasses import replace
 
     from conftest import make_tiny_lm
 
-    from spul.models import cast_frozen_linears
+    from spul.models import LoadedModel
 
     lm = replace(make_tiny_lm(), autocast_dtype=torch.bfloat16)
     template = Template()
     encoder = Encoder(lm.tokenizer, template)
     verbalizer = Verbalizer.build(lm.tokenizer, ("negative", "positive"), template)
-    before = score(lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(LoadedModel, "cast_frozen", lambda self: None)
+        before = score(lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False)
+    assert lm.model.get_output_embeddings().weight.dtype == torch.float32
     embedding = lm.model.get_input_embeddings().weight
-    assert cast_frozen_linears(lm.model, torch.bfloat16) > 0
+    after = score(lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False)
+    assert lm.frozen_cast
     assert lm.model.get_input_embeddings().weight.dtype == torch.float32  # the tied embedding stays
     assert lm.model.get_output_embeddings().weight.dtype == torch.bfloat16
     assert embedding is lm.model.get_input_embeddings().weight
-    after = score(lm, encoder, verbalizer, TEXTS, LABELS, show_progress=False)
     np.testing.assert_array_equal(before.logprobs, after.logprobs)
 
 

@@ -162,6 +162,48 @@ def test_resume_reaches_the_same_result(tmp_path, toy, name, options):
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name,options", [("spul", {"prompt_position": "suffix"}), ("finetune", {"r": 4})])
+def test_training_over_frozen_weights_cast_once_is_bitwise_the_same(monkeypatch, toy, name, options):
+    """Under bf16 autocast the frozen weights are cast once (not at every call): the trained prompt or
+    adapter is bit for bit what autocast's per-call casts give."""
+    from dataclasses import replace
+
+    from conftest import make_tiny_lm
+
+    from spul.models import LoadedModel
+
+    config = TrainConfig(epochs=2, batch_size=6, lr=5e-3, seed=1)
+
+    def trained(cast: bool) -> dict[str, torch.Tensor]:
+        lm = replace(make_tiny_lm(), autocast_dtype=torch.bfloat16)
+        with monkeypatch.context() as patch:
+            if not cast:
+                patch.setattr(LoadedModel, "cast_frozen", lambda self: None)
+            method = make_method(lm, name, num_virtual_tokens=4, **options) if name == "spul" else None
+            method = method or make_method(lm, name, **options)
+            train(method, items_of(method, toy), config, show_progress=False)
+        assert lm.frozen_cast == cast
+        return trainable_state(method.trainable())
+
+    with_cast, without = trained(True), trained(False)
+    assert with_cast.keys() == without.keys()
+    for key in with_cast:
+        assert with_cast[key].dtype == torch.float32  # what is trained is not cast
+        torch.testing.assert_close(with_cast[key], without[key], atol=0, rtol=0)
+
+
+def test_full_fine_tuning_refuses_a_model_cast_for_inference(toy):
+    """A model whose frozen weights were cast to bf16 for scoring is not the model to fully fine-tune."""
+    from dataclasses import replace
+
+    from conftest import make_tiny_lm
+
+    lm = replace(make_tiny_lm(), autocast_dtype=torch.bfloat16)
+    lm.cast_frozen()
+    with pytest.raises(SpulError, match="freshly loaded"):
+        make_method(lm, "ga")
+
+
 def test_resume_refuses_another_run(tmp_path, tiny_lm, toy):
     ckpt = tmp_path / "run.ckpt.pt"
     method = make_method(tiny_lm, num_virtual_tokens=4)

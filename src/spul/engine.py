@@ -196,6 +196,7 @@ def score(
     if n == 0:
         return Scores(predicted, logprobs, np.zeros(0))
     prompts = encoder.encode(texts)
+    lm.cast_frozen()  # scoring only reads the frozen weights
     # the prompt is the same for every batch: its key/value states are computed once per call
     prefix = shared_prefix(lm, prefix_fn, share_prefix=share_prefix)
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
@@ -242,6 +243,7 @@ def score_with_and_without(
 ) -> tuple[Scores, Scores]:
     """(scores with the soft prompt, scores without it). A suffix prompt gets both from one pass over the
     texts (the prompt runs over the text's cached states); otherwise this is two `score` calls."""
+    lm.cast_frozen()  # scoring only reads the frozen weights
     prompt = shared_prefix(lm, prefix_fn)
     if not (isinstance(prompt, SuffixPrompt) and verbalizer.single_token and uses_text_cache(lm.model)):
         common = {"batch_size": batch_size, "description": description, "show_progress": show_progress}

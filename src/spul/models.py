@@ -59,6 +59,14 @@ class LoadedModel:
     adapter: str | None
     device: torch.device
     autocast_dtype: torch.dtype | None
+    frozen_cast: bool = False  # frozen Linear weights are stored in the autocast dtype (`cast_frozen`)
+
+    def cast_frozen(self) -> None:
+        """Under autocast, store the frozen Linear weights in its dtype once (`cast_frozen_linears`): the
+        same results without a copy of every weight at every call. Weights being trained stay as they are;
+        a model cast so cannot be fully fine-tuned afterwards (load it again)."""
+        if self.autocast_dtype is not None and cast_frozen_linears(self.model, self.autocast_dtype):
+            self.frozen_cast = True
 
     def autocast(self) -> AbstractContextManager:
         """Context manager running matmuls in the chosen low precision (or a no-op)."""
@@ -125,8 +133,11 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
     Autocast caches its casts only for weights that require grad, so a frozen fp32 model has every weight
     cast again at every call (most of a single query's time on a CPU). Casting once gives the same results
     (autocast would produce the same bf16 copy) without the per-call copies. A LM head tied to the input
-    embeddings gets its own copy, so the embeddings stay fp32. Returns the number of layers cast.
+    embeddings gets its own copy, so the embeddings stay fp32. Quantised models are left alone. Returns
+    the number of layers cast.
     """
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
+        return 0
     embedding = model.get_input_embeddings().weight
     cast = 0
     for module in model.modules():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, make_dataclass
+from dataclasses import dataclass, make_dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -247,6 +247,13 @@ RecipeOpt = Annotated[
         "given override it"
     ),
 ]
+CheckEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="spul: optimizer steps between training checks, which stop at the target (0: no check) "
+        "[default: fast 5, paper 0]"
+    ),
+]
 LedgerOpt = Annotated[
     Path | None, typer.Option(help="forget every deletion request of this ledger (spul requests)")
 ]
@@ -269,6 +276,7 @@ def unlearn_cmd(
     batch_size: UnlearnBatchOpt = None,
     max_grad_norm: UnlearnClipOpt = None,
     recipe: RecipeOpt = None,
+    check_every: CheckEveryOpt = None,
     ledger: LedgerOpt = None,
     run: RunArgs = RunArgs(),
     flags: Any = None,
@@ -281,7 +289,11 @@ def unlearn_cmd(
     options = method_options(method, flags, method_args)
     options = with_forget_rule(method_class, options, run.regex, run.keywords)  # the filter's default rule
     recipe = _recipe(method, recipe)
+    if check_every is not None and (method != "spul" or check_every < 0):
+        raise SpulError(f"--check-every {check_every}: a SPUL option, >= 0 (0: no training check)")
     config = _train_config(method_class, options, recipe, run, epochs, lr, batch_size, max_grad_norm)
+    if check_every is not None:
+        config = replace(config, check_every=check_every)
     if recipe is not None:
         from spul.methods.spul import recipe_settings
 
@@ -311,8 +323,6 @@ def _recipe(method: str, recipe: str | None) -> str | None:
 
 def _train_config(method_class, options, recipe, run: RunArgs, epochs, lr, batch_size, max_grad_norm):
     """The TrainConfig: the recipe's (or the method's defaults), then the flags given; nonsense refused."""
-    from dataclasses import replace
-
     from spul.training import TrainConfig
 
     if recipe is not None:

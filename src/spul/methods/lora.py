@@ -35,6 +35,7 @@ def attach_lora(
         lm.model = prepare_model_for_kbit_training(lm.model, use_gradient_checkpointing=False)
     peft = get_peft_model(lm.model, config)
     peft.train()
+    lm.cast_frozen()  # the base weights stay frozen: cast once under autocast, not at every call
     return peft
 
 

@@ -24,7 +24,7 @@ from spul.forward import last_logits_only
 from spul.methods.base import Method
 from spul.methods.config import MethodConfig, option
 from spul.methods.kinds import ArtifactKind, Attached, register_kind
-from spul.models import LoadedModel, cast_frozen_linears
+from spul.models import LoadedModel
 from spul.progress import progress_bar
 from spul.prompting import Batch, Encoder, Template, Verbalizer, length_sorted_batches
 from spul.reporting import warn
@@ -150,6 +150,7 @@ class SoftPromptMethod(Method):
             self.tail = answer_cue_length(self.encoder)
         self.peft = get_peft_model(lm.model, config)
         self.peft.prompt_encoder.to(lm.device)
+        lm.cast_frozen()  # only the prompt is trained: the frozen weights are cast once, not every call
         # suffix prompts: item index -> (per-layer text keys/values, unprompted answer logits)
         self.text_cache: dict[int, RowStates] = {}
         if start is not None:
@@ -323,6 +324,7 @@ class PromptKind(ArtifactKind):
         from spul.artifacts import read_manifest
 
         peft = load_prompt_encoder(lm, folder)
+        lm.cast_frozen()  # serving only reads the frozen weights: cast once, not at every query
         options = read_manifest(folder).get("hyperparameters", {}).get("method", {})
         position = options.get("prompt_position", "prefix")
         if position not in PROMPT_POSITIONS:
@@ -336,9 +338,6 @@ class PromptKind(ArtifactKind):
                 tail = answer_cue_length(Encoder(lm.tokenizer, template))
                 return Attached(prompt=SuffixPrompt(prompt, tail=tail), guard=saved_guard(folder))
             states = prefix_kv(lm.model, prompt)
-        if lm.autocast_dtype is not None:
-            # serving only reads the frozen weights: cast them once instead of at every query
-            cast_frozen_linears(lm.model, lm.autocast_dtype)
         return Attached(prompt=prompt, prompt_states=states, guard=saved_guard(folder))
 
 

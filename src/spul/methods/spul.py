@@ -204,10 +204,11 @@ class Spul(SoftPromptMethod):
             alone |= dict(zip(forget, top_answers(forget, prompted=False), strict=True))
 
         def served(rows: list[int]) -> list[int]:
-            answers = top_answers(rows, prompted=True)
             if self.gate_flags is None:
-                return answers
-            return [a if self.gate_flags[i] else alone[i] for a, i in zip(answers, rows, strict=True)]
+                return top_answers(rows, prompted=True)
+            flagged = [i for i in rows if self.gate_flags[i]]  # only these are served the prompt
+            prompted = dict(zip(flagged, top_answers(flagged, prompted=True), strict=True))
+            return [prompted.get(i, alone[i]) for i in rows]
 
         def accuracy(rows: list[int], answers: list[int]) -> float:
             right = sum(a == first[items[i].label] for a, i in zip(answers, rows, strict=True))

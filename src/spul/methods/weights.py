@@ -83,6 +83,8 @@ class WeightMethod(Method):
         else:
             if getattr(lm.model, "is_loaded_in_4bit", False) or getattr(lm.model, "is_quantized", False):
                 raise SpulError(f"{self.name}: full fine-tuning needs unquantised weights; use --lora")
+            if lm.frozen_cast:  # rounded to the autocast dtype for inference: not the weights to train
+                raise SpulError(f"{self.name}: full fine-tuning needs a freshly loaded model")
             dtype = next(lm.model.parameters()).dtype
             if dtype in (torch.float16, torch.bfloat16):
                 lm.model.float()
