@@ -6,7 +6,7 @@
 Candidates, run alternately in one process on the same texts:
 - unprompted: the frozen model alone (what the prompt is measured against);
 - prompted: spul's serving path, the prompt's key/value states built once at load time and reused;
-(all three with the frozen Linear weights cast once to the autocast dtype, as `load_unlearned` does)
+(all three with the frozen Linear weights cast once to the autocast dtype, as serving does)
 - prompted_concat: the standard way, the p prompt embeddings concatenated in front of every query.
 """
 
@@ -58,7 +58,7 @@ def main() -> None:
         start = time.perf_counter()
         states = prefix_kv(lm.model, embeds)  # once, at load time
         build_ms = (time.perf_counter() - start) * 1000
-    lm.cast_frozen()  # as `load_unlearned` does for serving
+    lm.cast_frozen()  # as the first scored query does when serving
     encoder = Encoder(lm.tokenizer, template)
     verbalizer = Verbalizer.build(lm.tokenizer, ("negative", "positive"), template)
     texts, labels = bench_texts(max(args.rows, args.queries), args.data_dir)

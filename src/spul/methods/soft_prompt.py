@@ -324,7 +324,6 @@ class PromptKind(ArtifactKind):
         from spul.artifacts import read_manifest
 
         peft = load_prompt_encoder(lm, folder)
-        lm.cast_frozen()  # serving only reads the frozen weights: cast once, not at every query
         options = read_manifest(folder).get("hyperparameters", {}).get("method", {})
         position = options.get("prompt_position", "prefix")
         if position not in PROMPT_POSITIONS:
