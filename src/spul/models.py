@@ -65,8 +65,9 @@ class LoadedModel:
         """Under autocast, store the frozen Linear weights in its dtype once (`cast_frozen_linears`): the
         same results without a copy of every weight at every call. Weights being trained stay as they are;
         a model cast so cannot be fully fine-tuned afterwards (load it again)."""
-        if self.autocast_dtype is not None and cast_frozen_linears(self.model, self.autocast_dtype):
-            self.frozen_cast = True
+        if self.frozen_cast or self.autocast_dtype is None:  # once: every scoring call asks
+            return
+        self.frozen_cast = cast_frozen_linears(self.model, self.autocast_dtype) > 0
 
     def autocast(self) -> AbstractContextManager:
         """Context manager running matmuls in the chosen low precision (or a no-op)."""
@@ -127,6 +128,11 @@ def choose_precision(device: torch.device, precision: str = "auto") -> tuple[tor
     return torch.float32, None
 
 
+def is_quantized(model: torch.nn.Module) -> bool:
+    """True for a model whose weights are quantised (bitsandbytes 4-bit or another quantiser)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False))
+
+
 def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Store the weights of frozen Linear layers in the autocast dtype, for inference under autocast.
 
@@ -136,7 +142,7 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
     embeddings gets its own copy, so the embeddings stay fp32. Quantised models are left alone. Returns
     the number of layers cast.
     """
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
+    if is_quantized(model):
         return 0
     embedding = model.get_input_embeddings().weight
     cast = 0

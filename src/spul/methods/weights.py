@@ -24,7 +24,7 @@ from spul.methods.base import Method, TrainItem
 from spul.methods.config import MethodConfig, option
 from spul.methods.kinds import ArtifactKind, register_kind
 from spul.methods.lora import attach_lora
-from spul.models import LoadedModel, load_model
+from spul.models import LoadedModel, is_quantized, load_model
 from spul.prompting import Batch, length_sorted_batches
 
 FULL_LR, LORA_LR = 1e-5, 1e-4  # default peak learning rates (the paper searched them; so can --lr)
@@ -81,7 +81,7 @@ class WeightMethod(Method):
             self.peft = attach_lora(lm, r=config.r or LORA_R, lora_alpha=config.lora_alpha or LORA_ALPHA)
             self.module: torch.nn.Module = self.peft
         else:
-            if getattr(lm.model, "is_loaded_in_4bit", False) or getattr(lm.model, "is_quantized", False):
+            if is_quantized(lm.model):
                 raise SpulError(f"{self.name}: full fine-tuning needs unquantised weights; use --lora")
             if lm.frozen_cast:  # rounded to the autocast dtype for inference: not the weights to train
                 raise SpulError(f"{self.name}: full fine-tuning needs a freshly loaded model")
