@@ -192,6 +192,50 @@ def test_training_over_frozen_weights_cast_once_is_bitwise_the_same(monkeypatch,
         torch.testing.assert_close(with_cast[key], without[key], atol=0, rtol=0)
 
 
+def test_training_steps_in_bf16_on_a_cpu_run_the_math_attention_kernel(monkeypatch, toy):
+    """bf16 on a CPU, short rows: the math attention kernel (its backward is faster there than flash's);
+    fp32 or long rows: PyTorch's own choice. The prompt trained either way is about the same."""
+    from contextlib import nullcontext
+    from dataclasses import replace
+
+    from conftest import make_tiny_lm
+
+    from spul.models import MATH_ATTENTION_MAX_WIDTH, LoadedModel
+
+    bf16 = replace(make_tiny_lm(), autocast_dtype=torch.bfloat16)
+    assert isinstance(bf16.training_attention(MATH_ATTENTION_MAX_WIDTH + 1), nullcontext)
+    assert isinstance(replace(bf16, autocast_dtype=None).training_attention(8), nullcontext)
+
+    flash_allowed = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        if torch.is_grad_enabled():  # a training step's forward (the check and references run no grad)
+            flash_allowed.append(torch.backends.cuda.flash_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    config = TrainConfig(epochs=2, batch_size=6, lr=5e-3, seed=1)
+
+    def trained(dtype, math: bool) -> torch.Tensor:
+        lm = replace(make_tiny_lm(), autocast_dtype=dtype)
+        with monkeypatch.context() as patch:
+            if not math:
+                patch.setattr(LoadedModel, "training_attention", lambda self, width: nullcontext())
+            method = make_method(lm, num_virtual_tokens=4)
+            flash_allowed.clear()
+            train(method, items_of(method, toy), config, show_progress=False)
+        return torch.cat([p.flatten() for p in trainable_state(method.trainable()).values()])
+
+    with_math = trained(torch.bfloat16, math=True)
+    assert flash_allowed and not any(flash_allowed)  # every training forward ran the math kernel
+    trained(None, math=True)
+    assert flash_allowed and all(flash_allowed)  # fp32: PyTorch's choice
+    with_default = trained(torch.bfloat16, math=False)
+    assert not torch.equal(with_math, with_default)  # another kernel, other roundings ...
+    assert (with_math - with_default).norm() < 0.05 * with_default.norm()  # ... about the same prompt
+
+
 def test_full_fine_tuning_refuses_a_model_cast_for_inference(toy):
     """A model whose frozen weights were cast to bf16 for scoring is not the model to fully fine-tune."""
     from dataclasses import replace

