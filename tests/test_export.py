@@ -35,16 +35,15 @@ def plain_transformers(folder, texts):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     first = [tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in info["label_words"]]
-    generic = [tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in info["generic_words"]]
     logprobs, answers, top = [], [], []
     for text in texts:
         ids = tokenizer(info["template"].replace("{text}", text), return_tensors="pt")
         with torch.no_grad():
             row = model(**ids).logits[0, -1].log_softmax(-1)
         logprobs.append(row[first].log_softmax(-1).numpy())  # over the label words, as spul predict
-        best = int(row[first + generic].argmax())
-        answers.append(best if best < len(first) else -1)  # a generic word: "other"
         top.append(int(row.argmax()))
+        # as spul answers: the greedy token over the whole vocabulary, "other" (-1) unless a label word's
+        answers.append(first.index(top[-1]) if top[-1] in first else -1)
     reserved = tokenizer.convert_tokens_to_ids(info["reserved_tokens"])
     return np.stack(logprobs), answers, top, reserved, info
 
