@@ -64,6 +64,22 @@ def test_gate_separates_and_thresholds_on_training_rows_only(tmp_path):
         EmbeddingGate.load(tmp_path)
 
 
+@pytest.mark.parametrize("recall", [0.5, 0.8, 0.9, 1.0])
+def test_gate_recall_sets_the_threshold_at_that_share_of_forget_rows_out_of_fold(recall):
+    rng = np.random.default_rng(1)
+    direction = rng.normal(size=16)
+    forget = rng.normal(size=(80, 16)) + 0.5 * direction  # overlapping: the threshold matters
+    retain = rng.normal(size=(200, 16)) - 0.5 * direction
+    youden = EmbeddingGate.fit(forget, retain, seed=0)
+    gate, flags = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, recall=recall)
+    assert np.array_equal(gate.weights, youden.weights)  # the same classifier, another threshold
+    share = flags[:80].mean()
+    assert recall <= share < recall + 1 / 80 + 1e-9  # the highest threshold flagging that share
+    # a lower recall flags no retain row a higher one does not
+    lower = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, recall=recall / 2)[1]
+    assert not (lower & ~flags).any() and lower[80:].sum() <= flags[80:].sum()
+
+
 def test_gate_needs_rows_of_both_kinds():
     with pytest.raises(SpulError, match="at least"):
         EmbeddingGate.fit(np.zeros((2, 4)), np.ones((50, 4)))

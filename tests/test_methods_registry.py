@@ -119,6 +119,7 @@ def test_option_names_are_the_config_fields():
         "text_cache_mb",
         "gate",
         "gate_embedder",
+        "gate_recall",
         "alpha",
         "beta",
         "label_uniform",

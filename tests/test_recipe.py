@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from spul.errors import SpulError
 from spul.methods.base import TrainItem
 from spul.methods.losses import answer_kl, answer_kl_topk, generic_set_nll, topk_reference
 from spul.methods.spul import RECIPES, recipe_settings
@@ -92,8 +94,6 @@ def test_uniform_plan_is_the_old_epoch_order():
 
 
 def test_bad_forget_share_is_refused():
-    from spul.errors import SpulError
-
     with pytest.raises(SpulError, match="forget_share"):
         BatchPlan(_items(4, 4), TrainConfig(forget_share=1.5))
 
@@ -109,6 +109,16 @@ def test_target_needs_every_split():
     assert Target().reached(good, reference)
     assert not Target().reached(good | {"test_forget": {"acc": 26.0}}, reference)
     assert not Target().reached(good | {"test_retain": {"acc": 76.0}}, reference)
+
+
+def test_target_shortfall_counts_the_points_beyond_either_limit():
+    target = Target(forget_acc=20, retain_drop=3)
+    assert target.shortfall(12.0, 1.0) == 0.0  # met: forgetting deeper earns nothing more
+    assert target.shortfall(26.0, 1.0) == 6.0
+    assert target.shortfall(12.0, 4.5) == 1.5
+    assert target.shortfall(26.0, 4.5) == 7.5
+    # nearer the target beats forgetting deeper at a retain cost (the training check's best prompt)
+    assert target.shortfall(14.0, 3.125) < target.shortfall(6.0, 6.0)
 
 
 def test_recipes_resolve_with_overrides():
@@ -406,7 +416,7 @@ def test_gated_training_check_scores_rows_as_served(tiny_lm, toy, fake_embedder)
     words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
     retain, forget = toy.train_retain, toy.train_forget
     flags = [False] * len(retain) + [True] * len(forget)
-    options = {"gate": True, "gate_embedder": fake_embedder, "check_rows": 100}
+    options = {"gate": True, "gate_embedder": fake_embedder, "check_rows": 100, "target_forget_acc": 15}
     method = get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options)
     items = method.items(retain.texts + forget.texts, retain.labels + forget.labels, flags, 0)
     assert method.gate_flags is not None and len(method.gate_flags) == len(items)
@@ -429,7 +439,8 @@ def test_gated_training_check_scores_rows_as_served(tiny_lm, toy, fake_embedder)
         method.gate_flags = gate_flags
         check, held_out = method.training_check(items, 0)
         score, reached, measured = check()
-        assert score == measured["retain_acc"] - measured["forget_acc"]
+        drop = measured["retain_before"] - measured["retain_acc"]
+        assert score == -Target(15, 3).shortfall(measured["forget_acc"], drop)
         return (measured["forget_acc"], measured["retain_acc"], reached), held_out
 
     perfect, held_out = check_with([it.is_forget for it in items])
@@ -441,6 +452,34 @@ def test_gated_training_check_scores_rows_as_served(tiny_lm, toy, fake_embedder)
     # a suffix prompt's pass gives the unprompted answer too: the same result from it
     method.logits_pair = lambda batch: (answering(False)(batch), answering(True)(batch))
     assert check_with(one_retain)[0] == (0.0, pytest.approx(100.0 - 100.0 / len(held_out)), False)
+
+
+def test_gated_spul_gate_recall_sets_how_many_forget_rows_get_the_prompt(tiny_lm, toy, fake_embedder):
+    """`gate_recall`: the gate's threshold flags that share of the forget training rows out of fold (the
+    flags the training check serves by) and is saved with the gate; without it, TPR - FPR decides."""
+    from spul.methods import get_method
+    from spul.prompting import Encoder, Template, Verbalizer
+
+    template = Template()
+    words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
+    retain, forget = toy.train_retain, toy.train_forget
+    texts, labels = retain.texts + forget.texts, retain.labels + forget.labels
+    is_forget = [False] * len(retain) + [True] * len(forget)
+    shares = {}
+    for recall in (None, 0.5, 1.0):
+        options = {"gate": True, "gate_embedder": fake_embedder, "gate_recall": recall}
+        method = get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options)
+        method.items(texts, labels, is_forget, 0)
+        flags = np.array(method.gate_flags)
+        shares[recall] = flags[len(retain) :].mean()
+        if recall is not None:
+            assert recall <= shares[recall] < recall + 1 / len(forget) + 1e-9
+            assert method.config.hyperparameters()["gate_recall"] == recall
+        else:
+            assert "gate_recall" not in method.config.hyperparameters()  # older manifests stay the same
+    assert shares[1.0] == 1.0
+    with pytest.raises(SpulError, match="gate_recall"):
+        get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate=True, gate_recall=0.0)
 
 
 def test_target_monitor_scores_held_rows_as_served_with_a_gate(monkeypatch):

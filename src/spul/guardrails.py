@@ -11,6 +11,7 @@ in `EMBEDDERS` (the packaged all-MiniLM-L6-v2 by default; tests add a fake one).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -103,14 +104,21 @@ class EmbeddingGate:
         retain_vectors: np.ndarray,
         seed: int = 0,
         folds: int = 5,
+        recall: float | None = None,
     ) -> EmbeddingGate:
-        """Train on forget (1) vs retain (0) training rows; the threshold maximises TPR - FPR on
-        out-of-fold scores of those same training rows (no test row is looked at)."""
-        return cls.fit_out_of_fold(forget_vectors, retain_vectors, seed, folds)[0]
+        """Train on forget (1) vs retain (0) training rows; the threshold, from out-of-fold scores of those
+        same training rows (no test row is looked at), maximises TPR - FPR or, given `recall`, is the
+        highest that flags that share of the forget rows."""
+        return cls.fit_out_of_fold(forget_vectors, retain_vectors, seed, folds, recall)[0]
 
     @classmethod
     def fit_out_of_fold(
-        cls, forget_vectors: np.ndarray, retain_vectors: np.ndarray, seed: int = 0, folds: int = 5
+        cls,
+        forget_vectors: np.ndarray,
+        retain_vectors: np.ndarray,
+        seed: int = 0,
+        folds: int = 5,
+        recall: float | None = None,
     ) -> tuple[EmbeddingGate, np.ndarray]:
         """`fit`, and each training row's out-of-fold flag (forget rows first): what the gate would do
         to that row had it not been trained on it."""
@@ -124,7 +132,10 @@ class EmbeddingGate:
         model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
         split = StratifiedKFold(folds, shuffle=True, random_state=seed)
         scores = cross_val_predict(model, x, y, cv=split, method="decision_function")
-        threshold = _youden_threshold(scores, y)
+        if recall is None:
+            threshold = _youden_threshold(scores, y)
+        else:
+            threshold = _recall_threshold(scores[y == 1], recall)
         model.fit(x, y)
         gate = cls(model.coef_[0].astype(np.float32), float(model.intercept_[0]), threshold)
         return gate, scores >= threshold
@@ -169,6 +180,12 @@ def _youden_threshold(scores: np.ndarray, y: np.ndarray) -> float:
         if j > best_j + 1e-12:
             best, best_j = float(t), float(j)
     return best
+
+
+def _recall_threshold(forget_scores: np.ndarray, recall: float) -> float:
+    """The highest score threshold flagging at least `recall` (0-1] of the forget rows."""
+    ranked = np.sort(forget_scores)[::-1]
+    return float(ranked[max(0, math.ceil(recall * len(ranked) - 1e-9) - 1)])
 
 
 class Flagger(Protocol):

@@ -31,6 +31,10 @@ class Target:
                 return False
         return True
 
+    def shortfall(self, forget_acc: float, retain_drop: float) -> float:
+        """Points short of the target: forget ACC above its limit plus retain drop beyond its allowance."""
+        return max(0.0, forget_acc - self.forget_acc) + max(0.0, retain_drop - self.retain_drop)
+
 
 @dataclass
 class TargetMonitor:

@@ -63,6 +63,11 @@ class SpulConfig(SoftPromptConfig):
         flag="--gate",
     )
     gate_embedder: str = option(MINILM, "gated SPUL: the gate's sentence embedder")
+    gate_recall: float | None = option(
+        None,
+        "gated SPUL: the gate's threshold flags this share (0-1] of the forget training rows, out of fold "
+        "(none: the threshold maximising TPR - FPR); lower touches fewer retain queries",
+    )
     check_rows: int = option(
         CHECK_ROWS,
         "training check: how many forget rows and held-out retain rows it scores (check_every > 0)",
@@ -87,6 +92,8 @@ class SpulConfig(SoftPromptConfig):
         if self.kl_top_k is not None and self.kl_top_k < 1:
             raise SpulError(f"kl_top_k must be >= 1 (got {self.kl_top_k})")
         self.require("label_uniform", self.label_uniform >= 0, ">= 0")
+        recall = self.gate_recall
+        self.require("gate_recall", recall is None or 0 < recall <= 1, "in (0, 1]")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
@@ -101,7 +108,9 @@ class SpulConfig(SoftPromptConfig):
         if "kl_reference" not in out:
             del out["kl_top_k"]
         if not out["gate"]:
-            del out["gate"], out["gate_embedder"]
+            del out["gate"], out["gate_embedder"], out["gate_recall"]
+        elif out["gate_recall"] is None:
+            del out["gate_recall"]
         defaults = type(self)()  # terms off and the training check as it was: not recorded
         for name in ("label_uniform", "augment", "check_rows", "target_forget_acc", "target_retain_drop"):
             if out[name] == getattr(defaults, name):
@@ -137,7 +146,8 @@ class Spul(SoftPromptMethod):
             forget = [i for i, f in enumerate(is_forget) if f]
             retain = [i for i, f in enumerate(is_forget) if not f]
             rows = [[texts[i] for i in forget], [texts[i] for i in retain]]
-            self.gate_rule, flags = fit_text_gate(*rows, self.config.gate_embedder, GATE_FOLDS, seed)
+            c = self.config
+            self.gate_rule, flags = fit_text_gate(*rows, c.gate_embedder, GATE_FOLDS, seed, c.gate_recall)
             in_order = np.zeros(len(texts), dtype=bool)
             in_order[forget + retain] = flags  # the gate's flags come forget rows first
             self.gate_flags = in_order.tolist()
@@ -170,7 +180,8 @@ class Spul(SoftPromptMethod):
         retain rows' within `target_retain_drop` points of the unprompted model's on them, which a
         prompt cannot reach by memorising its retain rows (at most a quarter of them are held out).
         Gated SPUL is checked as it is served: a row gets the prompt only if the gate flagged it out of
-        fold. Score: retain ACC - forget ACC."""
+        fold. Score: minus the points the check is short of the target (Target.shortfall), so a run that
+        never meets it keeps the prompt nearest to it, not the one that forgets deepest."""
         from spul.training import collate
 
         rng = random.Random(seed)
@@ -221,7 +232,7 @@ class Spul(SoftPromptMethod):
             forget_acc, retain_acc = accuracy(forget, served(forget)), accuracy(held_out, served(held_out))
             reached = forget_acc <= target.forget_acc and retain_acc >= retain_before - target.retain_drop
             measured = {"forget_acc": forget_acc, "retain_acc": retain_acc, "retain_before": retain_before}
-            return retain_acc - forget_acc, reached, measured
+            return -target.shortfall(forget_acc, retain_before - retain_acc), reached, measured
 
         return check, excluded
 
