@@ -232,7 +232,8 @@ class Spul(SoftPromptMethod):
             forget_acc, retain_acc = accuracy(forget, served(forget)), accuracy(held_out, served(held_out))
             reached = forget_acc <= target.forget_acc and retain_acc >= retain_before - target.retain_drop
             measured = {"forget_acc": forget_acc, "retain_acc": retain_acc, "retain_before": retain_before}
-            return -target.shortfall(forget_acc, retain_before - retain_acc), reached, measured
+            shortfall = target.shortfall(forget_acc, retain_before - retain_acc)
+            return (-shortfall if shortfall else 0.0), reached, measured
 
         return check, excluded
 
