@@ -480,6 +480,8 @@ def test_gated_spul_gate_recall_sets_how_many_forget_rows_get_the_prompt(tiny_lm
     assert shares[1.0] == 1.0
     with pytest.raises(SpulError, match="gate_recall"):
         get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate=True, gate_recall=0.0)
+    with pytest.raises(SpulError, match="only with --gate"):
+        get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate_recall=0.5)
 
 
 def test_target_monitor_scores_held_rows_as_served_with_a_gate(monkeypatch):

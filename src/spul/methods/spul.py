@@ -92,8 +92,8 @@ class SpulConfig(SoftPromptConfig):
         if self.kl_top_k is not None and self.kl_top_k < 1:
             raise SpulError(f"kl_top_k must be >= 1 (got {self.kl_top_k})")
         self.require("label_uniform", self.label_uniform >= 0, ">= 0")
-        recall = self.gate_recall
-        self.require("gate_recall", recall is None or 0 < recall <= 1, "in (0, 1]")
+        self.require("gate_recall", self.gate_recall is None or 0 < self.gate_recall <= 1, "in (0, 1]")
+        self.require("gate_recall", self.gate_recall is None or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
