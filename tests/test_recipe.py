@@ -356,6 +356,39 @@ def test_rows_the_training_check_holds_out_are_never_trained_on(tiny_lm, toy, tm
     )
 
 
+def test_check_only_rows_are_what_the_check_scores_and_never_trained_on(tiny_lm, toy, tmp_path, monkeypatch):
+    """`check_retain` rows (`train_artifact(check_retain=...)`) replace the held-out training rows: no check
+    row is trained on, with or without a check, and without one every training row is."""
+    from spul.methods import spul as spul_method
+    from spul.pipeline import train_artifact
+
+    seen, held = [], []
+    real_loss, real_check = spul_method.Spul.loss, spul_method.Spul.training_check
+
+    def loss(self, batch):
+        seen.extend(batch.batch.index)
+        return real_loss(self, batch)
+
+    def check(self, items, seed):
+        made = real_check(self, items, seed)
+        held.append(made[1])
+        return made
+
+    monkeypatch.setattr(spul_method.Spul, "loss", loss)
+    monkeypatch.setattr(spul_method.Spul, "training_check", check)
+    n = len(toy.train_retain) + len(toy.train_forget)
+    extra = toy.test_retain  # any labelled rows stand in for train_retain rows outside the training rows
+    for every in (2, 0):
+        seen.clear()
+        cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0, check_every=every)
+        manifest = train_artifact("spul", tiny_lm, toy, tmp_path / f"p{every}", config=cfg,
+                                  method_options={"num_virtual_tokens": 2}, check_retain=extra,
+                                  show_progress=False)  # fmt: skip
+        assert seen and set(seen) <= set(range(n))
+    assert set(seen) == set(range(n))  # without a check (which may stop early): every training row
+    assert held == [set(range(n, n + len(extra)))] and manifest["steps"] > 0
+
+
 def test_training_check_target_and_rows_are_options(tiny_lm, toy, tmp_path):
     """`target_forget_acc` / `target_retain_drop` set when the check stops, `check_rows` how many rows it
     scores; only non-default values are written to the manifest."""
@@ -442,6 +475,17 @@ def test_gated_training_check_scores_rows_as_served(tiny_lm, toy, fake_embedder)
         drop = measured["retain_before"] - measured["retain_acc"]
         assert score == -Target(15, 3).shortfall(measured["forget_acc"], drop)
         return (measured["forget_acc"], measured["retain_acc"], reached), held_out
+
+    # check-only rows get the gate's own flags (it was fitted without them), as they will be served
+    extra = method.check_items(toy.test_retain.texts, toy.test_retain.labels)
+    assert method.check_flags == method.gate_rule.flags(toy.test_retain.texts).tolist()
+    assert all(it.check_only and not it.is_forget for it in extra)
+    items += extra
+    method.check_flags = [True] + [False] * (len(extra) - 1)
+    measured, held = check_with([it.is_forget for it in items[: len(items) - len(extra)]])
+    assert held == set(range(len(items) - len(extra), len(items)))
+    assert measured == (0.0, pytest.approx(100.0 - 100.0 / len(extra)), False)
+    items[len(items) - len(extra) :], method.check_flags = [], []
 
     perfect, held_out = check_with([it.is_forget for it in items])
     assert perfect == (0.0, 100.0, True)  # forget rows prompted (wrong), retain rows never prompted

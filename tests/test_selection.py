@@ -81,6 +81,46 @@ def test_manifest_round_trip_and_old_records():
     assert trained_selection({"data": {"selection": record}}, "other") is None
 
 
+def test_check_rows_lie_outside_the_training_rows_and_are_recorded():
+    """`check_retain`: seeded train_retain rows none of whose texts is trained on; the training rows do not
+    move; the count is in the manifest record (absent when not asked for)."""
+    full = toy_data(n=30)
+    limit = {"train_retain": 10}
+    selection = Selection("toy", limit=limit, seed=1, check_retain=8)
+    check = selection.draw_check(full)
+    training = selection.draw(full)[0]
+    unchecked = Selection("toy", limit=limit, seed=1).draw(full)[0]
+    assert training.train_retain.texts == unchecked.train_retain.texts
+    assert len(check) == 8 and not set(check.texts) & set(training.train_retain.texts)
+    assert set(check.texts) <= set(full.train_retain.texts)
+    assert selection.draw_check(full).texts == check.texts
+    assert Selection("toy", limit=limit, seed=2, check_retain=8).draw_check(full).texts != check.texts
+    record = selection.to_manifest()
+    assert record["check_retain"] == 8 and Selection.from_manifest(record) == selection
+    assert "check_retain" not in Selection("toy").to_manifest() and Selection("toy").draw_check(full) is None
+    with pytest.raises(SpulError, match="only 20 train_retain rows of toy lie outside"):
+        Selection("toy", limit=limit, check_retain=21).draw_check(full)
+
+
+def test_unlearn_check_retain_is_drawn_recorded_and_refused_where_it_cannot_work(tmp_path, tiny_model_dir):
+    data = write_folder(tmp_path / "toy", toy_data(n=30))
+    common = ["--model", tiny_model_dir, "--data", data, "--limit", "train_retain=10", "-q"]
+    for extra, says in (
+        (["--method", "filter", "--check-retain", 5], "scored by spul's training check"),
+        (["--check-every", 0, "--check-retain", 5], "scored by spul's training check"),
+        (["--check-retain", 0], "must be >= 1"),
+        (["--check-retain", 25], "only 20 train_retain rows"),
+    ):
+        result = invoke("unlearn", *common, "--out", tmp_path / "bad", *extra)
+        assert result.exit_code != 0 and says in result.output, result.output
+        assert "Traceback" not in result.output
+    out = tmp_path / "P"
+    result = invoke("unlearn", *common, "--out", out, "--epochs", 1, "--check-every", 1, "--check-retain", 6)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "spul.json").read_text())
+    assert manifest["data"]["selection"]["check_retain"] == 6 and manifest["checks"]
+
+
 def test_unknown_split_in_a_config_limit_is_a_data_error():
     with pytest.raises(DataError, match="unknown split"):
         Selection("toy", limit={"train": 3}).draw(toy_data())

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from spul.artifacts import model_fingerprint, save_artifact, trainable_parameters
-from spul.data.splits import UnlearningData
+from spul.data.splits import Split, UnlearningData
 from spul.evaluation import evaluate
 from spul.methods import MethodConfig, get_method, resolve_options
 from spul.models import LoadedModel, is_main_process
@@ -46,6 +46,7 @@ def train_artifact(
     selection: dict[str, Any] | None = None,
     extra_manifest: dict[str, Any] | None = None,
     monitor: Callable[[Any], Callable[[int], bool]] | None = None,
+    check_retain: Split | None = None,
 ) -> dict[str, Any]:
     """Train a method on train_retain + train_forget, evaluate, and save the artifact folder atomically.
 
@@ -53,7 +54,8 @@ def train_artifact(
     `selection` records how the training rows were chosen (data spec, limit, tau, seed), so that a later
     evaluation can score the train splits on the rows actually trained on. `extra_manifest` adds keys to
     spul.json (e.g. `requests`: the deletion requests the artifact covers). `monitor(method)` makes the
-    callback that `train` calls every `config.monitor_every` steps to stop at a target.
+    callback that `train` calls every `config.monitor_every` steps to stop at a target. `check_retain`:
+    retain rows the method's training check scores and training never sees (`Selection.draw_check`).
     """
     out = Path(out)
     template = template or Template()
@@ -74,6 +76,8 @@ def train_artifact(
         [False] * len(retain) + [True] * len(forget),
         config.seed,
     )
+    if check_retain is not None:
+        items += method.check_items(check_retain.texts, check_retain.labels)
     eval_data = eval_data or data
 
     def run_eval() -> dict[str, dict[str, float]]:

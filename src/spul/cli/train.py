@@ -130,7 +130,7 @@ class RunArgs:
         )
 
     def rows(self, selection: Selection):
-        """(training rows, evaluation rows) of the --data named here."""
+        """(training rows, evaluation rows, check-only rows or None) of the --data named here."""
         full = load_full(
             self.data,
             self.data_dir,
@@ -140,7 +140,7 @@ class RunArgs:
             self.keywords,
             self.test,
         )
-        return selection.draw(full)
+        return (*selection.draw(full), selection.draw_check(full))
 
 
 def _train(method: str, run: RunArgs, selection: Selection, rows, lm, out: Path, options, config, extra=None):
@@ -163,6 +163,7 @@ def _train(method: str, run: RunArgs, selection: Selection, rows, lm, out: Path,
         show_progress=not run.quiet,
         selection=selection.to_manifest(),
         extra_manifest=extra,
+        check_retain=rows[2],
     )
     if is_main_process():
         typer.echo(format_table({method: manifest["metrics"]}))
@@ -254,6 +255,13 @@ CheckEveryOpt = Annotated[
         "[default: fast 5, paper 0]"
     ),
 ]
+CheckRetainOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="spul: the training check scores this many train_retain rows from outside the training rows "
+        "(seeded, never trained on) instead of holding out a quarter of at most check_rows training rows"
+    ),
+]
 LedgerOpt = Annotated[
     Path | None, typer.Option(help="forget every deletion request of this ledger (spul requests)")
 ]
@@ -277,6 +285,7 @@ def unlearn_cmd(
     max_grad_norm: UnlearnClipOpt = None,
     recipe: RecipeOpt = None,
     check_every: CheckEveryOpt = None,
+    check_retain: CheckRetainOpt = None,
     ledger: LedgerOpt = None,
     run: RunArgs = RunArgs(),
     flags: Any = None,
@@ -294,6 +303,7 @@ def unlearn_cmd(
     config = _train_config(method_class, options, recipe, run, epochs, lr, batch_size, max_grad_norm)
     if check_every is not None:
         config = replace(config, check_every=check_every)
+    _check_retain_allowed(check_retain, method, config.check_every, ledger)
     if recipe is not None:
         from spul.methods.spul import recipe_settings
 
@@ -302,12 +312,24 @@ def unlearn_cmd(
     if method_class.from_untouched_model and adapter is not None:
         note(f"note: {method} starts from the untouched model; --adapter {adapter} is not used")
         adapter = None
-    selection = run.selection(tau, ledger)
+    selection = replace(run.selection(tau, ledger), check_retain=check_retain)
     rows, covers = _unlearning_rows(run, selection)
     extra = {"requests": covers[0], "ledger": str(ledger)} if covers else None
     _train(method, run, selection, rows, _load(model, run, adapter), out, options, config, extra)
     if covers:
         _finish_ledger(ledger, covers[0], out, covers[1])
+
+
+def _check_retain_allowed(check_retain: int | None, method: str, check_every: int, ledger) -> None:
+    """--check-retain only where a training check runs on rows drawn from --data (not a ledger)."""
+    if check_retain is None:
+        return
+    if method != "spul" or check_every == 0:
+        raise SpulError(f"--check-retain {check_retain}: scored by spul's training check (check_every > 0)")
+    if check_retain < 1:
+        raise SpulError(f"--check-retain must be >= 1 (got {check_retain})")
+    if ledger is not None:
+        raise SpulError("--check-retain draws from --data; it is not available with --ledger")
 
 
 def _recipe(method: str, recipe: str | None) -> str | None:
@@ -363,7 +385,7 @@ def _unlearning_rows(run: RunArgs, selection: Selection):
         label_words=words(run.label_words),
         generic_words=words(run.generic_words),
     )
-    return (training, evaluation), (ids, counts)
+    return (training, evaluation, None), (ids, counts)
 
 
 def _finish_ledger(ledger: Path, ids: list[str], out: Path, counts: dict) -> None:

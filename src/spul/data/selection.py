@@ -7,7 +7,9 @@ through `Selection.draw`, so an artifact's training rows can be rebuilt exactly 
 2. each split is capped at `limit` rows (seeded);
 3. a seeded fraction `tau` of the limited train_forget is kept: the training rows;
 4. the evaluation rows: train splits drawn from the training rows, test splits from the limited data,
-   each capped at `eval_limit` (None: the training rows themselves).
+   each capped at `eval_limit` (None: the training rows themselves);
+5. `check_retain` (SPUL's training check only): that many train_retain rows from outside the training
+   rows (seeded), scored by the check and never trained on.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from spul.data.splits import SPLITS, UnlearningData
+from spul.data.splits import SPLITS, Split, UnlearningData, _sample_indices
 from spul.errors import SpulError
 
 Limit = int | dict[str, int] | None
 ORDER = "limit, then tau"
+CHECK_STREAM = 2000  # the check rows' own random stream (the limits use one per split, tau 1000)
 
 
 def parse_limit(value: str | int | Mapping[str, int] | None, flag: str = "--limit") -> Limit:
@@ -74,6 +77,7 @@ class Selection:
     eval_limit: Limit = None
     ledger: str | None = None  # the forget set came from this deletion-request ledger
     tau_first: bool = False  # prompts saved before the order was fixed drew tau, then the limit
+    check_retain: int | None = None  # train_retain rows outside the training rows, for the check alone
 
     def draw(self, full: UnlearningData) -> tuple[UnlearningData, UnlearningData]:
         """(training rows, evaluation rows) of the full, uncut data."""
@@ -86,6 +90,22 @@ class Selection:
         if self.eval_limit is None:
             return training, training
         return training, pick(training, limited, self.eval_limit, self.seed)
+
+    def draw_check(self, full: UnlearningData) -> Split | None:
+        """`check_retain` train_retain rows whose text is not among the training rows (seeded); None when
+        not asked for."""
+        if self.check_retain is None:
+            return None
+        trained = set(self.draw(full)[0].train_retain.texts)
+        pool = full.cut(self.max_chars).train_retain
+        outside = [i for i, text in enumerate(pool.texts) if text not in trained]
+        if len(outside) < self.check_retain:
+            raise SpulError(
+                f"--check-retain {self.check_retain}: only {len(outside)} train_retain rows of {self.data} "
+                "lie outside the training rows (lower it, or --limit train_retain)"
+            )
+        picked = _sample_indices(len(outside), self.check_retain, self.seed, CHECK_STREAM)
+        return pool.subset(outside[i] for i in picked)
 
     def to_manifest(self) -> dict[str, Any]:
         """The `selection` record of spul.json."""
@@ -101,6 +121,8 @@ class Selection:
             record["order"] = ORDER
         if self.ledger is not None:
             record["ledger"] = self.ledger
+        if self.check_retain is not None:
+            record["check_retain"] = self.check_retain
         return record
 
     @classmethod
@@ -115,6 +137,7 @@ class Selection:
             eval_limit=parse_limit(record.get("eval_limit"), "selection eval_limit"),
             ledger=record.get("ledger"),
             tau_first="order" not in record and float(record.get("tau", 1.0)) < 1.0,
+            check_retain=record.get("check_retain"),
         )
 
 

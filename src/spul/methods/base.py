@@ -28,6 +28,7 @@ class TrainItem:
     is_forget: bool
     label: int | None = None  # the row's true label (methods that check forgetting keep it)
     source: int | None = None  # the training row it was made from (an augmented copy's original)
+    check_only: bool = False  # scored by the training check, never trained on (Selection.check_retain)
 
 
 @dataclass
@@ -116,6 +117,10 @@ class Method(ABC):
         """A cheap check for `TrainConfig.check_every`: (() -> (score, target reached, what it measured),
         the item indices it holds out of training); None where the method has none."""
         return None
+
+    def check_items(self, texts: list[str], labels: list[int]) -> list[TrainItem]:
+        """Retain rows for the training check alone (`check_only`), appended after `items`' rows."""
+        raise SpulError(f"{self.name} has no training check to score extra retain rows with")
 
     def prepare(self, items: list[TrainItem], first: Sequence[int] = ()) -> None:
         """Called by the training loop once before the first step, on the untrained model (references);

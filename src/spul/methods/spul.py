@@ -139,6 +139,7 @@ class Spul(SoftPromptMethod):
         self.reference: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # cached KL references
         self.gate_rule = None  # gated SPUL: the gate fitted on the training rows
         self.gate_flags: list[bool] | None = None  # ... and its out-of-fold flag of each training row
+        self.check_flags: list[bool] = []  # ... and its flag of each check-only row (check_items)
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label."""
@@ -162,6 +163,18 @@ class Spul(SoftPromptMethod):
             items.append(TrainItem(prompt, answer, forget, label, source))
         return items
 
+    def check_items(self, texts, labels):
+        """Check-only retain rows, encoded as training rows are; gated SPUL flags them with its gate
+        (fitted without them), as they would be served."""
+        if self.gate_rule is not None:
+            self.check_flags = self.gate_rule.flags(texts).tolist()
+        prompts = self.encoder.encode(texts)
+        answers = [self.verbalizer.token_ids[label] for label in labels]
+        return [
+            TrainItem(prompt, answer, False, label, check_only=True)
+            for prompt, answer, label in zip(prompts, answers, labels, strict=True)
+        ]
+
     def inference_guard(self) -> Guard | None:
         """Gated SPUL: the gate, whose flagged queries get the prompt."""
         return Guard(self.gate_rule, PROMPT) if self.gate_rule is not None else None
@@ -174,26 +187,28 @@ class Spul(SoftPromptMethod):
             write_guard(Path(folder), "gate", PROMPT)
 
     def training_check(self, items, seed):
-        """Every check scores `check_rows` training forget rows and `check_rows` retain rows held out of
-        training (seeded; cheap with a suffix prompt's cached text). The target is met when the forget
-        rows' greedy answer is their label at most `target_forget_acc` % of the time and the held-out
-        retain rows' within `target_retain_drop` points of the unprompted model's on them, which a
-        prompt cannot reach by memorising its retain rows (at most a quarter of them are held out).
+        """Every check scores `check_rows` training forget rows and retain rows the prompt never trains
+        on: the check-only rows when given (`check_items`), else `check_rows` retain rows held out of
+        training (seeded; at most a quarter of them). Cheap with a suffix prompt's cached text. The
+        target is met when the forget rows' greedy answer is their label at most `target_forget_acc` %
+        of the time and the retain rows' within `target_retain_drop` points of the unprompted model's on
+        them, which a prompt cannot reach by memorising its training rows.
         Gated SPUL is checked as it is served: a row gets the prompt only if the gate flagged it out of
         fold. Score: minus the points the check is short of the target (Target.shortfall), so a run that
         never meets it keeps the prompt nearest to it, not the one that forgets deepest."""
         from spul.training import collate
 
         rng = random.Random(seed)
-        original = [i for i, it in enumerate(items) if it.source in (None, i)]  # not augmented copies
-        forget = [i for i in original if items[i].is_forget]
-        retain = [i for i in original if not items[i].is_forget]
+        check_only = [i for i, it in enumerate(items) if it.check_only]
+        trainable = [i for i, it in enumerate(items) if it.source in (None, i) and not it.check_only]
+        forget = [i for i in trainable if items[i].is_forget]  # (augmented copies left out)
+        retain = [i for i in trainable if not items[i].is_forget]
         c = self.config
-        n_held = min(c.check_rows, len(retain) // 4)  # at most a quarter of the retain rows
+        n_held = len(check_only) or min(c.check_rows, len(retain) // 4)
         if not forget or n_held < 1:
             return None
         forget = sorted(rng.sample(forget, min(c.check_rows, len(forget))))
-        held_out = sorted(rng.sample(retain, n_held))
+        held_out = check_only or sorted(rng.sample(retain, n_held))
         # a held-out row's augmented copies are held out with it
         excluded = set(held_out) | {i for i, it in enumerate(items) if it.source in set(held_out)}
         first = [t[0] for t in self.verbalizer.token_ids]
@@ -211,13 +226,16 @@ class Spul(SoftPromptMethod):
         # the frozen model's own answers never change: computed once, for the retain baseline and (gated
         # SPUL) for the rows the gate does not send to the prompt
         alone = dict(zip(held_out, top_answers(held_out, prompted=False), strict=True))
+        gate_flags = None
         if self.gate_flags is not None:
             alone |= dict(zip(forget, top_answers(forget, prompted=False), strict=True))
+            gate_flags = dict(enumerate(self.gate_flags))
+            gate_flags |= dict(zip(check_only, self.check_flags, strict=True))
 
         def served(rows: list[int]) -> list[int]:
-            if self.gate_flags is None:
+            if gate_flags is None:
                 return top_answers(rows, prompted=True)
-            flagged = [i for i in rows if self.gate_flags[i]]  # only these are served the prompt
+            flagged = [i for i in rows if gate_flags[i]]  # only these are served the prompt
             prompted = dict(zip(flagged, top_answers(flagged, prompted=True), strict=True))
             return [prompted.get(i, alone[i]) for i in rows]
 
