@@ -320,7 +320,7 @@ def unlearn_cmd(
         _finish_ledger(ledger, covers[0], out, covers[1])
 
 
-def _check_retain_allowed(check_retain: int | None, method: str, check_every: int, ledger) -> None:
+def _check_retain_allowed(check_retain: int | None, method: str, check_every: int, ledger: Path | None):
     """--check-retain only where a training check runs on rows drawn from --data (not a ledger)."""
     if check_retain is None:
         return
