@@ -7,7 +7,8 @@
 # The fine-tune is one epoch (batch 8). The gate flags 85 % of the forget training rows (out of fold;
 # fewer retain queries then see the prompt). SPUL checks its target every 10 steps on 200 forget rows and
 # 200 retain rows from outside the training rows (forget ACC <= 20 %, retain within 3 points; the prompt
-# never trains on those retain rows) and stops there. Training stages
+# never trains on those retain rows) and stops there; its budget is one epoch (179 steps), else it keeps
+# the weights of the check nearest the target. Training stages
 # show a quick table on 50 rows per split; the final table is on 200 rows per split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ EVAL="train_retain=200,train_forget=200,test_retain=200,test_forget=200"
 spul finetune --data sst2-paper --limit "$TRAIN" --eval-limit 50 --epochs 1 --lr 3e-4 --batch-size 8 \
   --out "$OUT/finetuned"
 spul unlearn --adapter "$OUT/finetuned" --data sst2-paper --limit "train_retain=${DEMO_RETAIN:-400}" --gate \
-  --epochs 2 --check-every 10 --check-retain 200 --eval-limit 50 \
+  --epochs 1 --check-every 10 --check-retain 200 --eval-limit 50 \
   --method-args text_cache_mb=4096,gate_recall=0.85,check_rows=200,target_forget_acc=20 \
   --out "$OUT/prompt"
 spul evaluate --prompt "$OUT/prompt" --data sst2-paper --limit "$EVAL" --out "$OUT/table"
