@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +315,17 @@ def test_cell_ids_hash_the_settings_not_the_labels(workspace):
         ({"runs": [{"method": "ga", "recipe": "fast"}]}, "SPUL recipe"),
         ({"runs": [{"method": "ga", "seeds": [0, 0]}]}, "runs.0.seeds: .*distinct"),
         ({"runs": [{"method": "ga", "seeds": [1], "sweep": {"seed": [2]}}]}, "either as `seeds`"),
+        ({"runs": [{"method": "ga", "check_retain": 4}]}, "runs.0: .*check_retain 4: .*training check"),
+        ({"runs": [{"method": "spul", "check_retain": 4}]}, "check_every > 0"),  # the default: no check
+        (
+            {
+                "runs": [
+                    {"method": "spul", "recipe": "fast", "check_retain": 4, "sweep": {"check_every": [5, 0]}}
+                ]
+            },
+            "check_every > 0",
+        ),
+        ({"runs": [{"method": "spul", "recipe": "fast", "check_retain": 0}]}, "must be >= 1"),
     ],
 )
 def test_config_errors_name_the_field(workspace, change, message):
@@ -523,6 +535,50 @@ def test_seeds_train_each_point_once_per_seed_and_the_tables_show_mean_and_std(w
     assert "SPUL: mean ± std over 3 training seed(s) (0, 1, 2)" in markdown
     efficiency = read_json(experiment.out / "efficiency.json")["rows"]
     assert [r["method"] for r in efficiency].count("SPUL") == 1
+
+
+def test_check_retain_rows_come_from_outside_the_training_rows_and_make_a_cell_of_their_own(
+    workspace, tmp_path, monkeypatch
+):
+    """A run's `check_retain` reaches the training check (as `spul unlearn --check-retain` does): its
+    rows lie outside the training rows, the manifest records them, and the cell id changes with them."""
+    from spul.data import load_data
+    from spul.experiments.stages import selection
+
+    training = TRAIN | {"check_every": 2, "epochs": 2}
+    run = {"method": "spul", "options": {"p": 2}, "training": training, "check_retain": 4}
+    dataset = {"data": str(workspace["data"]), "name": "toy", "limit": {"train_retain": 6}, "eval_limit": 6}
+    config = parse_config(
+        config_dict(
+            workspace["models"][:1], workspace["data"], runs=[run], datasets=[dataset], artefacts=["table1"]
+        )
+    )
+    given = []
+    original = runner_module.train_artifact
+
+    def spy(*args, **kwargs):
+        given.append(kwargs.get("check_retain"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "train_artifact", spy)
+    experiment = run_experiment(config, tmp_path / "out", show_progress=False, log=lambda _: None)
+    (cell,) = [c for c in experiment.cells if c.kind == "train"]
+    manifest = json.loads((experiment.layout.cell_dir(cell) / "artifact" / "spul.json").read_text())
+    assert manifest["data"]["selection"]["check_retain"] == 4 and manifest["checks"]
+    drawn, full = selection(config.datasets[0], 1.0), load_data(str(workspace["data"]))
+    assert given[0] is None and given[-1].texts == replace(drawn, check_retain=4).draw_check(full).texts
+    assert len(given[-1].texts) == 4 and not set(drawn.draw(full)[0].train_retain.texts) & set(
+        given[-1].texts
+    )
+    plain = parse_config(
+        config_dict(
+            workspace["models"][:1],
+            workspace["data"],
+            runs=[run | {"check_retain": None}],
+            datasets=[dataset],
+        )
+    )
+    assert [c.id for c in Experiment(plain, "x").cells if c.kind == "train"] != [cell.id]
 
 
 def test_merged_seeds_average_what_is_numeric():

@@ -322,13 +322,11 @@ def unlearn_cmd(
 
 def _check_retain_allowed(check_retain: int | None, method: str, check_every: int, ledger: Path | None):
     """--check-retain only where a training check runs on rows drawn from --data (not a ledger)."""
-    if check_retain is None:
-        return
-    if method != "spul" or check_every == 0:
-        raise SpulError(f"--check-retain {check_retain}: scored by spul's training check (check_every > 0)")
-    if check_retain < 1:
-        raise SpulError(f"--check-retain must be >= 1 (got {check_retain})")
-    if ledger is not None:
+    from spul.methods.spul import check_retain_problem
+
+    if problem := check_retain_problem(check_retain, method, check_every):
+        raise SpulError(f"--check-retain {check_retain}: {problem}")
+    if check_retain is not None and ledger is not None:
         raise SpulError("--check-retain draws from --data; it is not available with --ledger")
 
 

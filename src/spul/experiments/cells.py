@@ -108,6 +108,8 @@ def _cell(kind: str, config: ExperimentConfig, model: ModelEntry, dataset: Datas
             "training": without_defaults(run.method, kw["options"], kw["training"], dataset.seed),
             "eval_each_epoch": run.eval_each_epoch,
         }
+        if run.check_retain is not None:  # (absent otherwise: earlier cells keep their ids)
+            settings["check_retain"] = run.check_retain
     rest = {k: v for k, v in kw.items() if k != "tau"}
     return Cell(kind, model, dataset, tau=tau, settings=settings, **rest)
 

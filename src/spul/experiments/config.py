@@ -115,6 +115,8 @@ class RunEntry(StageEntry):
     --recipe` does: its method options and training settings apply unless `options` / `training` say else.
     `seeds` trains each point once per training seed (prompt init, batch order, generic-word draws; the
     rows and the fine-tuned model stay those of the dataset's seed); tables show the mean +- std.
+    `check_retain` (SPUL with a training check): the check scores that many train_retain rows from
+    outside the training rows, as `spul unlearn --check-retain` does.
     """
 
     method: str
@@ -124,6 +126,7 @@ class RunEntry(StageEntry):
     seeds: list[int] = []
     select: SelectEntry | None = None  # method tables show one chosen sweep point (a search), not all
     eval_each_epoch: bool = False
+    check_retain: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -154,6 +157,16 @@ class RunEntry(StageEntry):
     def _seed_not_swept(self) -> RunEntry:
         if self.seeds and ("seed" in self.sweep or "seed" in self.training):
             raise ValueError("give the training seeds either as `seeds` or in `sweep` / `training`, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _check_retain_usable(self) -> RunEntry:
+        from spul.methods.spul import check_retain_problem
+
+        default = self.training.get("check_every", TrainConfig.check_every)
+        for check_every in self.sweep.get("check_every", [default]):
+            if problem := check_retain_problem(self.check_retain, self.method, check_every):
+                raise ValueError(f"check_retain {self.check_retain}: {problem}")
         return self
 
     @field_validator("sweep")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +129,15 @@ class Stages:
         self._finetuned[memo] = folder
         return folder
 
-    def _fit(self, cell, method, adapter, tau, out, options, config, eval_each_epoch=False):
-        """Train `method` over the cell's model (+ `adapter`) on its rows at `tau` into `out`;
-        (manifest, efficiency). The model is loaded here and freed before returning."""
+    def _fit(
+        self, cell, method, adapter, tau, out, options, config, eval_each_epoch=False, check_retain=None
+    ):
+        """Train `method` over the cell's model (+ `adapter`) on its rows at `tau` into `out`, its training
+        check scoring `check_retain` rows from outside them when given; (manifest, efficiency). The model
+        is loaded here and freed before returning."""
         rows = self.rows(cell, tau)
+        drawn = replace(selection(cell.dataset, tau), check_retain=check_retain)
+        check_rows = drawn.draw_check(self.full(cell.dataset))
         lm = self.load(cell.model, adapter)
         total = sum(p.numel() for p in lm.model.parameters())
         with PeakMemory(lm.device) as peak:
@@ -149,7 +154,8 @@ class Stages:
                 resume=True,
                 batch_size_eval=self.config.eval_batch_size,
                 show_progress=self.show_progress,
-                selection=selection(cell.dataset, tau).to_manifest(),
+                selection=drawn.to_manifest(),
+                check_retain=check_rows,
             )
         efficiency = _efficiency(manifest, config, total, peak, lm)
         del lm
@@ -188,8 +194,17 @@ class Stages:
         artifact, keep = folder / "artifact", self.config.keep_artifacts
         rule = cell.dataset.forget_rule
         options = with_forget_rule(method, cell.options, rule and rule.regex, rule and rule.keywords)
+        run = cell.run
         manifest, efficiency = self._fit(
-            cell, cell.method, adapter, cell.tau, artifact, options, config, cell.run.eval_each_epoch
+            cell,
+            cell.method,
+            adapter,
+            cell.tau,
+            artifact,
+            options,
+            config,
+            run.eval_each_epoch,
+            run.check_retain,
         )
         if self.layout.needs_embeddings(cell):
             self.embed_artifact(cell, artifact, folder)
