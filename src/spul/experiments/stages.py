@@ -197,7 +197,7 @@ class Stages:
         run = cell.run
         manifest, efficiency = self._fit(
             cell,
-            cell.method,
+            run.method,
             adapter,
             cell.tau,
             artifact,
