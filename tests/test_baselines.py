@@ -257,6 +257,21 @@ def test_full_fine_tuning_upcasts_half_precision_weights(toy):
     assert torch.isfinite(loss)
 
 
+def test_full_fine_tuning_scored_under_autocast_says_small_updates_are_not_scored_as_trained(monkeypatch):
+    """bf16 scoring rounds fp32-trained weights (GA at lr 1e-8 lost 10 points of retain that way): warned,
+    with the way out; fp32 scoring is not."""
+    from spul.methods import weights
+
+    said = []
+    monkeypatch.setattr(weights, "warn", said.append)
+    lm = make_tiny_lm()
+    lm.model.to(torch.bfloat16)
+    make_method(lm, "ga")
+    assert len(said) == 1 and "ga:" in said[0] and "--precision fp32" in said[0] and "bfloat16" in said[0]
+    make_method(make_tiny_lm(), "npo")  # fp32 weights, no autocast
+    assert len(said) == 1
+
+
 def test_options_are_checked(tmp_path, tiny_model_dir, toy):
     lm = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
     with pytest.raises(SpulError, match="no option num_virtual_tokens"):
