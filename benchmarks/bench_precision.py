@@ -13,6 +13,7 @@ on each cell's own evaluation rows, in each precision asked for, beside the ACC 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -36,17 +37,17 @@ def cells(experiment: Path, kinds: set[str]) -> list[tuple[Path, dict]]:
     return sorted(found, key=lambda c: (c[1]["method"], c[1]["hyperparameters"]["training"]["lr"]))
 
 
+@functools.cache
+def full_data(data: str, data_dir: str | None, label_words: tuple, generic_words: tuple, seed: int):
+    """A dataset, read once for all the cells that share it."""
+    return load_data(data, data_dir=data_dir, label_words=label_words, generic_words=generic_words, seed=seed)
+
+
 def evaluation_rows(manifest: dict, data_dir: str | None):
     """The rows the experiment scored the artifact on (checked against its manifest's fingerprint)."""
     selection = Selection.from_manifest(manifest["data"]["selection"])
-    full = load_data(
-        selection.data,
-        data_dir=data_dir,
-        label_words=manifest["label_words"],
-        generic_words=manifest["generic_words"],
-        seed=selection.seed,
-    )
-    rows = selection.draw(full)[1]
+    words = tuple(manifest["label_words"]), tuple(manifest["generic_words"])
+    rows = selection.draw(full_data(selection.data, data_dir, *words, selection.seed))[1]
     if rows.fingerprint() != manifest["data"]["eval"]:
         raise SystemExit(f"the evaluation rows of {manifest['data']['selection']} are not the ones scored")
     return rows
