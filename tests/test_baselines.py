@@ -249,7 +249,8 @@ def test_weight_baselines_lower_their_own_loss(lm, toy, name):
 
 def test_full_fine_tuning_upcasts_half_precision_weights(toy):
     lm = make_tiny_lm()
-    lm.model.to(torch.bfloat16)
+    lm.model.to(torch.bfloat16)  # as CUDA loads them under --precision bf16 (no autocast)
+    lm.precision = "bf16"
     method = make_method(lm, "ga")
     assert all(p.dtype == torch.float32 and p.requires_grad for p in lm.model.parameters())
     assert lm.autocast_dtype == torch.bfloat16
@@ -257,19 +258,37 @@ def test_full_fine_tuning_upcasts_half_precision_weights(toy):
     assert torch.isfinite(loss)
 
 
-def test_full_fine_tuning_scored_under_autocast_says_small_updates_are_not_scored_as_trained(monkeypatch):
-    """bf16 scoring rounds fp32-trained weights (GA at lr 1e-8 lost 10 points of retain that way): warned,
-    with the way out; fp32 scoring is not."""
+def test_whole_model_weights_train_and_score_in_fp32_unless_half_precision_is_asked_for(
+    monkeypatch, tmp_path, tiny_model_dir, toy
+):
+    """bf16 rounding makes the scored weights other than the trained ones (GA at lr 1e-8 lost 10 points of
+    retain that way): under `auto` whole-model weights train and load in fp32; an explicit bf16 keeps
+    autocast and warns, with the way out. LoRA and prompt methods keep autocast."""
     from spul.methods import weights
 
     said = []
     monkeypatch.setattr(weights, "warn", said.append)
     lm = make_tiny_lm()
-    lm.model.to(torch.bfloat16)
+    lm.model.to(torch.bfloat16)  # as CUDA loads them under auto
+    lm.autocast_dtype = torch.bfloat16
     make_method(lm, "ga")
-    assert len(said) == 1 and "ga:" in said[0] and "--precision fp32" in said[0] and "bfloat16" in said[0]
-    make_method(make_tiny_lm(), "npo")  # fp32 weights, no autocast
-    assert len(said) == 1
+    assert lm.autocast_dtype is None and next(lm.model.parameters()).dtype == torch.float32 and not said
+    lm = make_tiny_lm()
+    lm.precision, lm.autocast_dtype = "bf16", torch.bfloat16
+    make_method(lm, "npo")
+    assert lm.autocast_dtype == torch.bfloat16
+    assert len(said) == 1 and "npo:" in said[0] and "--precision fp32" in said[0] and "bfloat16" in said[0]
+    lm = make_tiny_lm()
+    lm.autocast_dtype = torch.bfloat16
+    make_method(lm, "ga", lora=True)
+    assert lm.autocast_dtype == torch.bfloat16 and len(said) == 1
+
+    base = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    config = TrainConfig(epochs=1, batch_size=4, lr=1e-5, seed=0)
+    train_artifact("ga", base, toy, tmp_path / "ga", config=config, show_progress=False)
+    for asked, precision, autocast in [("auto", "fp32", None), ("bf16", "bf16", torch.bfloat16)]:
+        unlearned = load_unlearned(tmp_path / "ga", device="cpu", precision=asked)
+        assert (unlearned.lm.precision, unlearned.lm.autocast_dtype) == (precision, autocast)
 
 
 def test_options_are_checked(tmp_path, tiny_model_dir, toy):

@@ -587,3 +587,22 @@ def test_merged_seeds_average_what_is_numeric():
     assert mean_std([1.0]) == (1.0, 0.0)
     mean, std = mean_std([1.0, 2.0, 6.0])
     assert mean == 3.0 and std == pytest.approx(np.std([1, 2, 6], ddof=1))
+
+
+def test_a_method_revision_makes_its_finished_cells_stale_and_leaves_the_others(workspace, monkeypatch):
+    """`Method.revision` above 0 enters the cell id of that method's cells only (GA's is 1: its weights
+    moved from bf16 autocast to fp32 under precision auto)."""
+    from spul.methods import METHODS
+
+    runs = [{"method": "ga"}, {"method": "spul", "options": {"p": 2}}]
+    config = parse_config(config_dict(workspace["models"][:1], workspace["data"], runs=runs))
+
+    def ids():
+        cells = [c for c in Experiment(config, "x").cells if c.method]
+        return {c.method: (c.id, c.settings.get("revision")) for c in cells}
+
+    before = ids()
+    assert before["ga"][1] == METHODS["ga"].revision >= 1 and before["spul"][1] is None
+    monkeypatch.setattr(METHODS["ga"], "revision", METHODS["ga"].revision + 1)
+    after = ids()
+    assert after["ga"] != before["ga"] and after["spul"] == before["spul"]

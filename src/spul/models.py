@@ -64,6 +64,7 @@ class LoadedModel:
     device: torch.device
     autocast_dtype: torch.dtype | None
     frozen_cast: bool = False  # frozen Linear weights are stored in the autocast dtype (`cast_frozen`)
+    precision: str = "auto"  # the precision asked for (see `choose_precision`)
 
     def cast_frozen(self) -> None:
         """Under autocast, store the frozen Linear weights in its dtype once (`cast_frozen_linears`): the
@@ -333,7 +334,8 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, spec, str(adapter) if adapter else None, dev, autocast_dtype)
+    adapter_name = str(adapter) if adapter else None
+    return LoadedModel(model, tokenizer, spec, adapter_name, dev, autocast_dtype, precision=precision)
 
 
 def qlora_available() -> bool:

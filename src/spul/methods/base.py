@@ -69,6 +69,9 @@ class Method(ABC):
     unlearns: ClassVar[bool] = True
     trains_on: ClassVar[str] = ""
     objective: ClassVar[str] = ""
+    # Raised when a change makes what the method trained or scored before stale: part of an experiment
+    # cell's id when above 0, so finished cells of an earlier revision run again.
+    revision: ClassVar[int] = 0
 
     def __init__(
         self,

@@ -4,8 +4,10 @@ By default every weight of the model is trained (full fine-tuning, as in the pap
 artifact is the whole unlearned model (safetensors + tokenizer: a plain model folder). With `lora=True`
 only a LoRA adapter is trained and saved, to be merged over the base model on load.
 
-Half-precision weights (the CUDA default) are upcast to fp32 for full fine-tuning, with bf16 autocast
-where the weights were bf16: AdamW updates of ~1e-5 would otherwise round away in bf16 weights.
+Full fine-tuning trains fp32 weights (half-precision weights, the CUDA default, are upcast). Under
+precision `auto` those weights are trained and scored in fp32, without autocast: rounded to bf16 at every
+matmul they are not the weights that were trained (see HALF_SCORING). An explicit `--precision bf16`
+still trains and scores under bf16 autocast, with a warning.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ from spul.prompting import Batch, length_sorted_batches
 from spul.reporting import warn
 
 # Measured (docs/results.md, 2026-12-05): GA at lr 1e-8 scored under bf16 autocast lost 10 points of retain
-# ACC on IMDB, the same model scored in fp32 none: bf16 rounds each weight to ~0.4 % of its size, so fp32
-# updates far below that come out as whole rounding steps, all in the update's direction.
+# ACC on IMDB, the same model in fp32 none. bf16 keeps 8 significant bits. Weights that sit exactly half
+# way between two bf16 values (10 % of the embedded SmolLM2's, dequantised from 4 bits) move a whole half
+# step in the direction of any update, however small: a 1e-8 update acts like a 1e-4 one. Weights that are
+# exact bf16 values (checkpoints saved in bf16) round small updates away instead. Either way the scored
+# model is not the trained one.
 HALF_SCORING = (
-    "{name}: every weight trains in fp32, but scoring under {dtype} autocast rounds them, so updates "
-    "smaller than ~0.4 % of a weight (about lr 1e-5 and below) are not scored as trained; "
-    "use --precision fp32 to compare learning rates"
+    "{name}: every weight trains in fp32, but under {dtype} autocast each is rounded to 8 significant bits "
+    "at every matmul, so small updates are not scored as trained (they vanish or snap to a whole rounding "
+    "step); use --precision fp32 or auto, which train and score whole-model weights in fp32"
 )
 FULL_LR, LORA_LR = 1e-5, 1e-4  # default peak learning rates (the paper searched them; so can --lr)
 LORA_R, LORA_ALPHA = 16, 64  # the LoRA rank and alpha with lora=True
@@ -80,6 +85,7 @@ class WeightMethod(Method):
     config_class = WeightConfig
     # Which rows a method trains on: "forget" (GA, RL) or "all" (forget and retain).
     rows: str = "all"
+    revision = 1  # 1: whole-model weights trained and scored in fp32 under precision auto
 
     def __init__(self, *args: Any, **options: Any):
         super().__init__(*args, **options)
@@ -97,8 +103,10 @@ class WeightMethod(Method):
             dtype = next(lm.model.parameters()).dtype
             if dtype in (torch.float16, torch.bfloat16):
                 lm.model.float()
-                if dtype == torch.bfloat16 and lm.autocast_dtype is None:
-                    lm.autocast_dtype = torch.bfloat16
+            if weights_precision(lm.precision) == "fp32":
+                lm.autocast_dtype = None  # trained as they are scored (WeightsKind.load_model)
+            elif dtype == torch.bfloat16 and lm.autocast_dtype is None:
+                lm.autocast_dtype = torch.bfloat16
             lm.model.requires_grad_(True)
             self.module = lm.model
             if lm.autocast_dtype is not None:
@@ -158,6 +166,11 @@ class WeightMethod(Method):
         self.lm.tokenizer.save_pretrained(str(folder))
 
 
+def weights_precision(precision: str) -> str:
+    """The precision whole-model weights are trained and scored in: fp32 under `auto`, else as asked."""
+    return "fp32" if precision == "auto" else precision
+
+
 def missing_reference(name: str) -> SpulError:
     """The error of a loss asked for rows whose reference was never computed."""
     return SpulError(f"{name}: no reference for some rows; call prepare(items) on the untrained model first")
@@ -173,7 +186,9 @@ class WeightsKind(ArtifactKind):
     def load_model(
         self, folder: Path, manifest: dict[str, Any], *, model: str | None, adapter: str | None, **load: Any
     ) -> LoadedModel:
-        """The model in the artifact folder itself (--model and --adapter are refused)."""
+        """The model in the artifact folder itself, in fp32 under precision `auto` (--model and --adapter
+        are refused)."""
         if model is not None or adapter is not None:
             raise SpulError(f"{folder} holds the whole unlearned model; --model and --adapter do not apply")
+        load["precision"] = weights_precision(load.get("precision", "auto"))
         return load_model(str(folder), **load)
