@@ -8,6 +8,13 @@ on each cell's own evaluation rows, in each precision asked for, beside the ACC 
 
     python benchmarks/bench_precision.py runs/experiments/table1-imdb --precisions fp32 \\
         --splits train_retain,train_forget --out runs/precision-imdb
+
+`--rounding` scores nothing: it shows why bf16 scoring can move a model. It counts the fine-tuned model's
+weights that sit exactly on a bf16 rounding tie (half way between two bf16 values: any update, however
+small, moves them half a bf16 step its way) or on a bf16 value (small updates round away), per weight
+type, and per kept artifact the share of weights whose bf16 value differs from the fine-tuned model's.
+
+    python benchmarks/bench_precision.py runs/experiments/table1-imdb --rounding --out runs/rounding-imdb
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import functools
 import json
 import time
 from pathlib import Path
+
+import torch
 
 from spul.artifacts import MANIFEST, read_manifest
 from spul.data import load_data
@@ -53,6 +62,46 @@ def evaluation_rows(manifest: dict, data_dir: str | None):
     return rows
 
 
+def on_bf16_grid(weight: torch.Tensor) -> tuple[int, int]:
+    """(weights exactly half way between two bf16 values, weights that are bf16 values) of a tensor."""
+    weight = weight.float()
+    up = torch.nextafter(weight, torch.full_like(weight, float("inf"))).to(torch.bfloat16)
+    down = torch.nextafter(weight, torch.full_like(weight, float("-inf"))).to(torch.bfloat16)
+    ties = ((up != down) & (weight != 0)).sum().item()
+    exact = (weight.to(torch.bfloat16).float() == weight).sum().item()
+    return ties, exact
+
+
+def rounding(found: list[tuple[Path, dict]], out: Path) -> None:
+    """Print and write the bf16 grid analysis of the fine-tuned model and each kept weights artifact."""
+    base = found[0][1]["base_model"]
+    finetuned = load_model(base["spec"], adapter=base["adapter"], precision="fp32")
+    reference = finetuned.model.state_dict()
+    per_type: dict[str, list[int]] = {}
+    for name, weight in reference.items():
+        counts = per_type.setdefault(name.split(".")[-2], [0, 0, 0])
+        ties, exact = on_bf16_grid(weight)
+        counts[0], counts[1], counts[2] = counts[0] + ties, counts[1] + exact, counts[2] + weight.numel()
+    lines = ["Fine-tuned model: share of weights on a bf16 tie / on a bf16 value", ""]
+    lines += ["| weight | tie | bf16 value |", "|---|---|---|"]
+    total = [sum(c[i] for c in per_type.values()) for i in range(3)]
+    for name, (ties, exact, n) in [*per_type.items(), ("all", tuple(total))]:
+        lines.append(f"| {name} | {ties / n:.2%} | {exact / n:.2%} |")
+    lines += ["", "Kept artifacts: largest weight change, share of weights whose bf16 value changed", ""]
+    lines += ["| model | lr | max abs change | bf16 values changed |", "|---|---|---|---|"]
+    for folder, manifest in found:
+        trained = load_model(str(folder), precision="fp32").model.state_dict()
+        changed = biggest = 0.0
+        for name, weight in reference.items():
+            biggest = max(biggest, (trained[name] - weight).abs().max().item())
+            changed += (trained[name].to(torch.bfloat16) != weight.to(torch.bfloat16)).sum().item()
+        lr = manifest["hyperparameters"]["training"]["lr"]
+        lines.append(f"| {manifest['method']} | {lr} | {biggest:.2g} | {changed / total[2]:.2%} |")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "rounding.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def accs(table: dict, splits: tuple[str, ...]) -> dict[str, float]:
     """ACC per split, rounded."""
     return {s: round(table[s]["acc"], 2) for s in splits}
@@ -69,12 +118,16 @@ def main() -> None:
     parser.add_argument("--kinds", default="weights", help="artifact kinds to re-score (weights, adapter)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/precision"))
+    parser.add_argument("--rounding", action="store_true", help="only the bf16 grid analysis (see above)")
     args = parser.parse_args()
     splits = tuple(args.splits.split(","))
     precisions = args.precisions.split(",")
     found = cells(args.experiment, set(args.kinds.split(",")))
     if not found:
         raise SystemExit(f"{args.experiment}: no kept artifact of kind {args.kinds}")
+    if args.rounding:
+        rounding([c for c in found if c[1]["kind"] == "weights"], args.out)
+        return
     rows_out: list[dict] = []
 
     def record(name: str, lr, recorded: dict, precision: str, table: dict, seconds: float) -> None:

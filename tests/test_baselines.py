@@ -283,9 +283,10 @@ def test_whole_model_weights_train_and_score_in_fp32_unless_half_precision_is_as
     make_method(lm, "ga", lora=True)
     assert lm.autocast_dtype == torch.bfloat16 and len(said) == 1
 
-    base = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    base = load_model(str(tiny_model_dir), device="cpu")  # auto: bf16 autocast where the CPU has it
     config = TrainConfig(epochs=1, batch_size=4, lr=1e-5, seed=0)
-    train_artifact("ga", base, toy, tmp_path / "ga", config=config, show_progress=False)
+    manifest = train_artifact("ga", base, toy, tmp_path / "ga", config=config, show_progress=False)
+    assert manifest["precision"] == {"asked": "auto", "computed_in": "float32"}  # what the metrics saw
     for asked, precision, autocast in [("auto", "fp32", None), ("bf16", "bf16", torch.bfloat16)]:
         unlearned = load_unlearned(tmp_path / "ga", device="cpu", precision=asked)
         assert (unlearned.lm.precision, unlearned.lm.autocast_dtype) == (precision, autocast)

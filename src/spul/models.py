@@ -91,6 +91,13 @@ class LoadedModel:
         return sdpa_kernel([SDPBackend.MATH])
 
     @property
+    def compute_precision(self) -> str:
+        """What the model computes in: "bfloat16 autocast" (or fp16) or its weights' dtype ("float32")."""
+        if self.autocast_dtype is not None:
+            return f"{str(self.autocast_dtype).removeprefix('torch.')} autocast"
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    @property
     def name(self) -> str:
         """The spec and adapter, as recorded in manifests."""
         return self.spec if self.adapter is None else f"{self.spec}+{self.adapter}"

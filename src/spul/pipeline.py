@@ -120,6 +120,7 @@ def train_artifact(
             "selection": selection,
         },
         "metrics": metrics,
+        "precision": {"asked": lm.precision, "computed_in": lm.compute_precision},  # training and metrics
         "trainable_parameters": trainable_parameters(method.trainable()),
         "training_time_s": round(result.wall_time_s, 2),
         "steps": result.steps,

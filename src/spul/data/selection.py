@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from spul.data.splits import SPLITS, Split, UnlearningData, _sample_indices
+from spul.data.splits import SPLITS, Split, UnlearningData, sample_indices
 from spul.errors import SpulError
 
 Limit = int | dict[str, int] | None
@@ -104,7 +104,7 @@ class Selection:
                 f"--check-retain {self.check_retain}: only {len(outside)} train_retain rows of {self.data} "
                 "lie outside the training rows (lower it, or --limit train_retain)"
             )
-        picked = _sample_indices(len(outside), self.check_retain, self.seed, CHECK_STREAM)
+        picked = sample_indices(len(outside), self.check_retain, self.seed, CHECK_STREAM)
         return pool.subset(outside[i] for i in picked)
 
     def to_manifest(self) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class Split:
         )
 
 
-def _sample_indices(n: int, k: int, seed: int, stream: int) -> list[int]:
+def sample_indices(n: int, k: int, seed: int, stream: int) -> list[int]:
     """`k` of `range(n)` chosen by a seeded generator, returned in increasing (original) order."""
     if k >= n:
         return list(range(n))
@@ -154,11 +154,11 @@ class UnlearningData:
         if tau < 1.0:
             forget = splits["train_forget"]
             keep = max(1, round(tau * len(forget)))
-            splits["train_forget"] = forget.subset(_sample_indices(len(forget), keep, seed, stream=1000))
+            splits["train_forget"] = forget.subset(sample_indices(len(forget), keep, seed, stream=1000))
         for stream, name in enumerate(splits):
             if name in limits:
                 split = splits[name]
-                splits[name] = split.subset(_sample_indices(len(split), limits[name], seed, stream))
+                splits[name] = split.subset(sample_indices(len(split), limits[name], seed, stream))
         return replace(self, splits=splits, warnings=list(self.warnings))
 
     def cut(self, max_chars: int | None) -> UnlearningData:

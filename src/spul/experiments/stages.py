@@ -277,4 +277,5 @@ def _efficiency(manifest: dict, config, total: int, peak: PeakMemory, lm: Loaded
         "memory_growth_mib": peak.growth_mib,
         "memory": peak.kind,
         "device": str(lm.device),
+        "precision": lm.compute_precision,
     }

@@ -261,6 +261,7 @@ def efficiency_table(
         "memory_growth_mib",
         "memory",
         "device",
+        "precision",
     ]
 
     def mib(value: float | None) -> str:
@@ -279,6 +280,7 @@ def efficiency_table(
         "memory_growth_mib": lambda r: mib(r["metrics"].get("memory_growth_mib")),
         "memory": lambda r: str(r["metrics"]["memory"]),
         "device": lambda r: str(r["metrics"]["device"]),
+        "precision": lambda r: str(r["metrics"].get("precision", "-")),  # not recorded before 2026-12-05
     }
     title = (
         "Efficiency: trainable parameters, training time per epoch, peak memory (MiB; on the CPU the "
