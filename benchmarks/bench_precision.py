@@ -136,12 +136,13 @@ def main() -> None:
         rows_out.append(row)
         print(json.dumps(row), flush=True)
 
-    # the fine-tuned model every cell starts from (the first cell's; all share it in one experiment)
-    first = found[0][1]
+    # the fine-tuned model the cells start from (all share it in one experiment; retrain starts without it)
+    tuned = [manifest for _, manifest in found if manifest["base_model"]["adapter"]]
+    first = tuned[0] if tuned else found[0][1]
     data = evaluation_rows(first, args.data_dir)
     spec, adapter = first["base_model"]["spec"], first["base_model"]["adapter"]
-    finetuned = read_manifest(Path(adapter))
-    for precision in precisions:
+    finetuned = read_manifest(Path(adapter)) if adapter else {}
+    for precision in precisions if adapter else []:
         start = time.perf_counter()
         lm = load_model(spec, adapter=adapter, precision=precision)
         table = evaluate(lm, data, splits=splits, show_progress=False)
