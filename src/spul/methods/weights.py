@@ -32,7 +32,7 @@ from spul.reporting import warn
 
 # Measured (docs/results.md, 2026-12-05): GA at lr 1e-8 scored under bf16 autocast lost 10 points of retain
 # ACC on IMDB, the same model in fp32 none. bf16 keeps 8 significant bits. Weights that sit exactly half
-# way between two bf16 values (10 % of the embedded SmolLM2's, dequantised from 4 bits) move a whole half
+# way between two bf16 values (6 % of the embedded SmolLM2's, dequantised from 4 bits) move a whole half
 # step in the direction of any update, however small: a 1e-8 update acts like a 1e-4 one. Weights that are
 # exact bf16 values (checkpoints saved in bf16) round small updates away instead. Either way the scored
 # model is not the trained one.
