@@ -80,8 +80,8 @@ def rounding(found: list[tuple[Path, dict]], out: Path) -> None:
     per_type: dict[str, list[int]] = {}
     for name, weight in reference.items():
         counts = per_type.setdefault(name.split(".")[-2], [0, 0, 0])
-        ties, exact = on_bf16_grid(weight)
-        counts[0], counts[1], counts[2] = counts[0] + ties, counts[1] + exact, counts[2] + weight.numel()
+        for i, count in enumerate((*on_bf16_grid(weight), weight.numel())):
+            counts[i] += count
     lines = ["Fine-tuned model: share of weights on a bf16 tie / on a bf16 value", ""]
     lines += ["| weight | tie | bf16 value |", "|---|---|---|"]
     total = [sum(c[i] for c in per_type.values()) for i in range(3)]
@@ -89,12 +89,13 @@ def rounding(found: list[tuple[Path, dict]], out: Path) -> None:
         lines.append(f"| {name} | {ties / n:.2%} | {exact / n:.2%} |")
     lines += ["", "Kept artifacts: largest weight change, share of weights whose bf16 value changed", ""]
     lines += ["| model | lr | max abs change | bf16 values changed |", "|---|---|---|---|"]
+    rounded = {name: weight.to(torch.bfloat16) for name, weight in reference.items()}  # once for all
     for folder, manifest in found:
         trained = load_model(str(folder), precision="fp32").model.state_dict()
         changed = biggest = 0.0
         for name, weight in reference.items():
             biggest = max(biggest, (trained[name] - weight).abs().max().item())
-            changed += (trained[name].to(torch.bfloat16) != weight.to(torch.bfloat16)).sum().item()
+            changed += (trained[name].to(torch.bfloat16) != rounded[name]).sum().item()
         lr = manifest["hyperparameters"]["training"]["lr"]
         lines.append(f"| {manifest['method']} | {lr} | {biggest:.2g} | {changed / total[2]:.2%} |")
     out.mkdir(parents=True, exist_ok=True)

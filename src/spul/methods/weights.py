@@ -37,7 +37,7 @@ from spul.reporting import warn
 # exact bf16 values (checkpoints saved in bf16) round small updates away instead. Either way the scored
 # model is not the trained one.
 HALF_SCORING = (
-    "{name}: every weight trains in fp32, but under {dtype} autocast each is rounded to 8 significant bits "
+    "{name}: every weight trains in fp32, but under {computed} each is rounded to 8 significant bits "
     "at every matmul, so small updates are not scored as trained (they vanish or snap to a whole rounding "
     "step); use --precision fp32 or auto, which train and score whole-model weights in fp32"
 )
@@ -110,7 +110,7 @@ class WeightMethod(Method):
             lm.model.requires_grad_(True)
             self.module = lm.model
             if lm.autocast_dtype is not None:
-                warn(HALF_SCORING.format(name=self.name, dtype=str(lm.autocast_dtype).removeprefix("torch.")))
+                warn(HALF_SCORING.format(name=self.name, computed=lm.compute_precision))
         self.module.train()
 
     def items(self, texts, labels, is_forget, seed):
