@@ -21,6 +21,6 @@ spul finetune --data sst2-paper --limit "$TRAIN" --eval-limit 50 --epochs 1 --lr
   --out "$OUT/finetuned"
 spul unlearn --adapter "$OUT/finetuned" --data sst2-paper --limit "train_retain=${DEMO_RETAIN:-400}" --gate \
   --epochs 1 --check-every 10 --check-retain 200 --eval-limit 50 \
-  --method-args text_cache_mb=4096,gate_recall=0.85,check_rows=200,target_forget_acc=20 \
+  --method-args text_cache_mb=5120,gate_recall=0.85,check_rows=200,target_forget_acc=20 \
   --out "$OUT/prompt"
 spul evaluate --prompt "$OUT/prompt" --data sst2-paper --limit "$EVAL" --out "$OUT/table"

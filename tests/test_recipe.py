@@ -548,3 +548,34 @@ def test_target_monitor_scores_held_rows_as_served_with_a_gate(monkeypatch):
         assert monitor(5)
         assert seen[-1]["guard"] is given and seen[-1]["prefix_fn"] is prefix
         assert monitor.checks[-1]["acc"] == {"train_forget": 20.0, "train_retain": 90.0}
+
+
+def test_training_check_reads_the_unprompted_answers_from_the_text_cache(tiny_lm, toy):
+    """A suffix prompt's check takes the frozen model's own answers (its retain baseline) from the cached
+    text states, with no forward of its own, and gets the same baseline as a check without a cache."""
+    from spul.methods import get_method
+    from spul.prompting import Encoder, Template, Verbalizer
+
+    template = Template()
+    words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
+    retain, forget = toy.train_retain, toy.train_forget
+    flags = [False] * len(retain) + [True] * len(forget)
+    measured = {}
+    for cache_mb in (2048, 0):
+        options = {"num_virtual_tokens": 2, "prompt_position": "suffix", "text_cache_mb": cache_mb}
+        method = get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options)
+        items = method.items(retain.texts + forget.texts, retain.labels + forget.labels, flags, 0)
+        check, held_out = method.training_check(items, 0)
+        method.prepare(items, first=sorted(held_out))
+        assert bool(method.text_cache) == (cache_mb > 0)
+        if cache_mb:
+            full_forward = method.logits
+
+            def prompted_only(batch, prompted=True):
+                assert prompted, "the unprompted answers should come from the text cache"
+                return full_forward(batch, prompted)
+
+            method.logits = prompted_only
+        measured[cache_mb] = check()[2]
+    assert measured[2048]["retain_before"] == measured[0]["retain_before"]
+    assert measured[2048]["forget_acc"] == measured[0]["forget_acc"]

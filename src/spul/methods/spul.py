@@ -218,17 +218,21 @@ class Spul(SoftPromptMethod):
             with torch.no_grad():
                 for start in range(0, len(rows), 32):
                     chunk = rows[start : start + 32]
-                    batch = collate([items[i] for i in chunk], self, chunk).batch
-                    logits = self.logits_pair(batch)[0] if prompted else self.logits(batch, prompted=False)
+                    if not prompted and all(i in self.text_cache for i in chunk):
+                        # a suffix prompt's cached text states come with the unprompted answer
+                        logits = torch.stack([self.text_cache[i][1] for i in chunk])
+                    else:
+                        batch = collate([items[i] for i in chunk], self, chunk).batch
+                        logits = self.logits_pair(batch)[0] if prompted else self.logits(batch, False)
                     out += logits[:, -1].argmax(-1).tolist()
             return out
 
-        # the frozen model's own answers never change: computed once, for the retain baseline and (gated
-        # SPUL) for the rows the gate does not send to the prompt
-        alone = dict(zip(held_out, top_answers(held_out, prompted=False), strict=True))
+        # the frozen model's own answers never change: computed at the first check (after `prepare`
+        # cached the text states, which hold them), for the retain baseline and (gated SPUL) for the rows
+        # the gate does not send to the prompt
+        alone: dict[int, int] = {}
         gate_flags = None
         if self.gate_flags is not None:
-            alone |= dict(zip(forget, top_answers(forget, prompted=False), strict=True))
             gate_flags = dict(enumerate(self.gate_flags))
             gate_flags |= dict(zip(check_only, self.check_flags, strict=True))
 
@@ -244,9 +248,12 @@ class Spul(SoftPromptMethod):
             return 100.0 * right / len(rows)
 
         target = Target(c.target_forget_acc, c.target_retain_drop)
-        retain_before = accuracy(held_out, [alone[i] for i in held_out])
 
         def check() -> tuple[float, bool, dict[str, float]]:
+            if not alone:
+                rows = held_out + (forget if gate_flags is not None else [])
+                alone.update(zip(rows, top_answers(rows, prompted=False), strict=True))
+            retain_before = accuracy(held_out, [alone[i] for i in held_out])
             forget_acc, retain_acc = accuracy(forget, served(forget)), accuracy(held_out, served(held_out))
             reached = forget_acc <= target.forget_acc and retain_acc >= retain_before - target.retain_drop
             measured = {"forget_acc": forget_acc, "retain_acc": retain_acc, "retain_before": retain_before}
