@@ -571,7 +571,7 @@ def test_training_check_reads_the_unprompted_answers_from_the_text_cache(tiny_lm
         if cache_mb:
             full_forward = method.logits
 
-            def prompted_only(batch, prompted=True):
+            def prompted_only(batch, prompted=True, full_forward=full_forward):
                 assert prompted, "the unprompted answers should come from the text cache"
                 return full_forward(batch, prompted)
 
