@@ -80,6 +80,24 @@ def test_gate_recall_sets_the_threshold_at_that_share_of_forget_rows_out_of_fold
     assert not (lower & ~flags).any() and lower[80:].sum() <= flags[80:].sum()
 
 
+def test_gate_groups_keep_a_rows_copies_in_one_fold():
+    """With `groups` a row and its copies share a fold: no row is scored by a gate trained on its twin,
+    which would make the out-of-fold flags look better than the gate is."""
+    rng = np.random.default_rng(2)
+    direction = rng.normal(size=16)
+    forget = rng.normal(size=(40, 16)) + 0.3 * direction
+    retain = rng.normal(size=(100, 16)) - 0.3 * direction
+    twice_f, twice_r = np.concatenate([forget, forget]), np.concatenate([retain, retain])
+    groups = np.concatenate([np.arange(40), np.arange(40), 40 + np.arange(100), 40 + np.arange(100)])
+    # twice_f then twice_r: forget rows first, each row's copy in the same group
+    _, grouped = EmbeddingGate.fit_out_of_fold(twice_f, twice_r, seed=0, groups=groups)
+    _, leaky = EmbeddingGate.fit_out_of_fold(twice_f, twice_r, seed=0)
+    y = np.r_[np.ones(80), np.zeros(200)]
+    balanced = [(f[y == 1].mean() + 1 - f[y == 0].mean()) / 2 for f in (grouped, leaky)]
+    assert balanced[0] < balanced[1]  # without groups a copy's twin in training inflates the estimate
+    assert np.array_equal(grouped[:40], grouped[40:80])  # a row and its copy: one fold, one score
+
+
 def test_gate_needs_rows_of_both_kinds():
     with pytest.raises(SpulError, match="at least"):
         EmbeddingGate.fit(np.zeros((2, 4)), np.ones((50, 4)))

@@ -579,3 +579,36 @@ def test_training_check_reads_the_unprompted_answers_from_the_text_cache(tiny_lm
         measured[cache_mb] = check()[2]
     assert measured[2048]["retain_before"] == measured[0]["retain_before"]
     assert measured[2048]["forget_acc"] == measured[0]["forget_acc"]
+
+
+def test_gated_spul_fits_its_gate_on_the_augmented_copies_too(tiny_lm, toy, fake_embedder, monkeypatch):
+    """With `augment`, the gate trains on every row and its rewritten copies (a row and its copies in one
+    fold), and flags every item; without it, on the rows alone and with plain folds."""
+    from spul.methods import get_method
+    from spul.methods import spul as spul_method
+    from spul.prompting import Encoder, Template, Verbalizer
+
+    template = Template()
+    words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
+    retain, forget = toy.train_retain, toy.train_forget
+    flags = [False] * len(retain) + [True] * len(forget)
+    seen = []
+    real_fit = spul_method.fit_text_gate
+
+    def spy(forget_texts, retain_texts, *args):
+        seen.append((list(forget_texts), list(retain_texts), args[-1]))
+        return real_fit(forget_texts, retain_texts, *args)
+
+    monkeypatch.setattr(spul_method, "fit_text_gate", spy)
+    n = len(flags)
+    for augment in ([], ["case"]):
+        options = {"gate": True, "gate_embedder": fake_embedder, "augment": augment}
+        method = get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options)
+        items = method.items(retain.texts + forget.texts, retain.labels + forget.labels, flags, 0)
+        assert len(method.gate_flags) == len(items) == n * (1 + len(augment))
+    (plain_f, plain_r, no_groups), (aug_f, aug_r, groups) = seen
+    assert no_groups is None and len(plain_f) == len(forget) and len(plain_r) == len(retain)
+    assert len(aug_f) == 2 * len(forget) and len(aug_r) == 2 * len(retain)
+    assert set(plain_f) < set(aug_f) and any(t.isupper() or t.istitle() for t in set(aug_f) - set(plain_f))
+    # forget rows first: each source row's id twice (the row, its copy)
+    assert sorted(groups[: len(aug_f)].tolist()) == sorted(list(range(len(retain), n)) * 2)

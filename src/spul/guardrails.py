@@ -119,19 +119,24 @@ class EmbeddingGate:
         seed: int = 0,
         folds: int = 5,
         recall: float | None = None,
+        groups: np.ndarray | None = None,
     ) -> tuple[EmbeddingGate, np.ndarray]:
         """`fit`, and each training row's out-of-fold flag (forget rows first): what the gate would do
-        to that row had it not been trained on it."""
+        to that row had it not been trained on it. `groups` (one id per row, forget rows first) keeps
+        rows of one group in one fold: rewritten copies of a row are scored by a gate that saw none."""
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 
         x = np.concatenate([forget_vectors, retain_vectors]).astype(np.float64)
         y = np.concatenate([np.ones(len(forget_vectors)), np.zeros(len(retain_vectors))])
         if len(forget_vectors) < folds or len(retain_vectors) < folds:
             raise SpulError(f"the gate needs at least {folds} forget and {folds} retain training rows")
         model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
-        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        scores = cross_val_predict(model, x, y, cv=split, method="decision_function")
+        if groups is None:
+            split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        else:
+            split = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        scores = cross_val_predict(model, x, y, groups=groups, cv=split, method="decision_function")
         if recall is None:
             threshold = _youden_threshold(scores, y)
         else:

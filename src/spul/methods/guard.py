@@ -215,10 +215,16 @@ class EmbeddingGateMethod(GuardMethod):
 
 
 def fit_text_gate(
-    forget: list[str], retain: list[str], embedder: str, folds: int, seed: int, recall: float | None = None
+    forget: list[str],
+    retain: list[str],
+    embedder: str,
+    folds: int,
+    seed: int,
+    recall: float | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[TextGate, np.ndarray]:
-    """Embed the training rows and fit the gate on forget (1) vs retain (0) (`recall`: see
-    EmbeddingGate.fit); also each row's out-of-fold flag (forget rows first)."""
+    """Embed the training rows and fit the gate on forget (1) vs retain (0) (`recall`, `groups`: see
+    EmbeddingGate.fit_out_of_fold); also each row's out-of-fold flag (forget rows first)."""
     if len(forget) < folds or len(retain) < folds:
         raise SpulError(
             f"gate: needs at least {folds} forget and {folds} retain training rows "
@@ -227,7 +233,7 @@ def fit_text_gate(
     embed = get_embedder(embedder)
     vectors = embed(forget + retain)
     gate, flags = EmbeddingGate.fit_out_of_fold(
-        vectors[: len(forget)], vectors[len(forget) :], seed, folds, recall
+        vectors[: len(forget)], vectors[len(forget) :], seed, folds, recall, groups
     )
     gate.embedder_name = embedder
     return TextGate(gate, embed), flags

@@ -54,7 +54,8 @@ class SpulConfig(SoftPromptConfig):
     augment: list[str] = option(
         [],
         "input augmentations: each training row (forget and retain alike) gets one seeded rewritten copy "
-        "per name (case, punct, inject, template, demos; see spul.augment)",
+        "per name (case, punct, inject, template, demos; see spul.augment); gated SPUL fits its gate on "
+        "the copies too",
     )
     gate: bool = option(
         False,
@@ -142,20 +143,25 @@ class Spul(SoftPromptMethod):
         self.check_flags: list[bool] = []  # ... and its flag of each check-only row (check_items)
 
     def items(self, texts, labels, is_forget, seed):
-        """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label."""
-        if self.config.gate:
-            forget = [i for i, f in enumerate(is_forget) if f]
-            retain = [i for i, f in enumerate(is_forget) if not f]
-            rows = [[texts[i] for i in forget], [texts[i] for i in retain]]
-            c = self.config
-            self.gate_rule, flags = fit_text_gate(*rows, c.gate_embedder, GATE_FOLDS, seed, c.gate_recall)
-            in_order = np.zeros(len(texts), dtype=bool)
-            in_order[forget + retain] = flags  # the gate's flags come forget rows first
-            self.gate_flags = in_order.tolist()
+        """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label.
+        Gated SPUL fits its gate on the rows and their rewritten copies (`augment`), so a rewrite does
+        not carry a forget query past the gate; a row and its copies share a fold."""
         rng = random.Random(seed)
         texts, labels, is_forget, sources = augmented(
             texts, labels, is_forget, self.config.augment, self.verbalizer.words, seed
         )
+        if self.config.gate:
+            forget = [i for i, f in enumerate(is_forget) if f]
+            retain = [i for i, f in enumerate(is_forget) if not f]
+            rows = [[texts[i] for i in forget], [texts[i] for i in retain]]
+            groups = np.asarray([sources[i] for i in forget + retain]) if self.config.augment else None
+            c = self.config
+            self.gate_rule, flags = fit_text_gate(
+                *rows, c.gate_embedder, GATE_FOLDS, seed, c.gate_recall, groups
+            )
+            in_order = np.zeros(len(texts), dtype=bool)
+            in_order[forget + retain] = flags  # the gate's flags come forget rows first
+            self.gate_flags = in_order.tolist()
         prompts = self.encoder.encode(texts)
         items = []
         for prompt, label, forget, source in zip(prompts, labels, is_forget, sources, strict=True):
