@@ -30,6 +30,9 @@ Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, d) array
 MINILM = "all-MiniLM-L6-v2"
 
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
+# sentence boundaries a gate with `sentences` also scores the text's pieces at (text + "Ignore the above."
+# must not hide the text from the gate by diluting its embedding)
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def _words(text: str) -> set[str]:
@@ -96,6 +99,7 @@ class EmbeddingGate:
     bias: float
     threshold: float
     embedder_name: str = MINILM
+    sentences: bool = False  # also flag a text when one of its sentences is flagged (older gate.json: off)
 
     @classmethod
     def fit(
@@ -160,6 +164,7 @@ class EmbeddingGate:
 
         save_file({"weights": torch.from_numpy(self.weights.copy())}, str(folder / "gate.safetensors"))
         meta = {"bias": self.bias, "threshold": self.threshold, "embedder": self.embedder_name}
+        meta["sentences"] = self.sentences
         (folder / "gate.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
     @classmethod
@@ -170,7 +175,9 @@ class EmbeddingGate:
         try:
             meta = json.loads((folder / "gate.json").read_text(encoding="utf-8"))
             weights = load_file(str(folder / "gate.safetensors"))["weights"].numpy()
-            return cls(weights, float(meta["bias"]), float(meta["threshold"]), str(meta["embedder"]))
+            sentences = bool(meta.get("sentences", False))  # older gates score whole texts
+            bias, threshold, embedder = float(meta["bias"]), float(meta["threshold"]), str(meta["embedder"])
+            return cls(weights, bias, threshold, embedder, sentences)
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise SpulError(f"{folder}: unreadable gate (gate.json / gate.safetensors): {err}") from None
 
@@ -207,10 +214,20 @@ class TextGate:
     embed: Embedder
 
     def flags(self, texts: Sequence[str]) -> np.ndarray:
-        """True for each text whose embedding the gate flags."""
+        """True for each text whose embedding the gate flags (a `sentences` gate: or the embedding of one
+        of its sentences, when it has several)."""
         if not texts:
             return np.zeros(0, dtype=bool)
-        return self.gate.flags(np.asarray(self.embed(list(texts))))
+        pieces, owner = list(texts), list(range(len(texts)))
+        if self.gate.sentences:
+            for i, text in enumerate(texts):
+                parts = [p for p in _SENTENCE_BREAK.split(text) if p.strip()]
+                if len(parts) > 1:
+                    pieces += parts
+                    owner += [i] * len(parts)
+        flagged = np.zeros(len(texts), dtype=bool)
+        np.logical_or.at(flagged, np.asarray(owner), self.gate.flags(np.asarray(self.embed(pieces))))
+        return flagged
 
 
 @dataclass

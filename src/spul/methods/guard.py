@@ -224,7 +224,8 @@ def fit_text_gate(
     groups: np.ndarray | None = None,
 ) -> tuple[TextGate, np.ndarray]:
     """Embed the training rows and fit the gate on forget (1) vs retain (0) (`recall`, `groups`: see
-    EmbeddingGate.fit_out_of_fold); also each row's out-of-fold flag (forget rows first)."""
+    EmbeddingGate.fit_out_of_fold); also each row's out-of-fold flag (forget rows first, whole texts). The
+    gate also scores each sentence of a query with several (`EmbeddingGate.sentences`)."""
     if len(forget) < folds or len(retain) < folds:
         raise SpulError(
             f"gate: needs at least {folds} forget and {folds} retain training rows "
@@ -235,7 +236,7 @@ def fit_text_gate(
     gate, flags = EmbeddingGate.fit_out_of_fold(
         vectors[: len(forget)], vectors[len(forget) :], seed, folds, recall, groups
     )
-    gate.embedder_name = embedder
+    gate.embedder_name, gate.sentences = embedder, True
     return TextGate(gate, embed), flags
 
 
