@@ -163,8 +163,12 @@ class EmbeddingGate:
         from safetensors.torch import save_file
 
         save_file({"weights": torch.from_numpy(self.weights.copy())}, str(folder / "gate.safetensors"))
-        meta = {"bias": self.bias, "threshold": self.threshold, "embedder": self.embedder_name}
-        meta["sentences"] = self.sentences
+        meta = {
+            "bias": self.bias,
+            "threshold": self.threshold,
+            "embedder": self.embedder_name,
+            "sentences": self.sentences,
+        }
         (folder / "gate.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
     @classmethod
