@@ -197,7 +197,10 @@ class EmbeddingGateMethod(GuardMethod):
     title = "Gate"
     config_class = GateConfig
     trains_on = "a logistic regression on sentence embeddings, forget vs retain rows"
-    objective = "logistic loss; a query over the threshold (Youden's J, out of fold) gets the generic answer"
+    objective = (
+        "logistic loss; a query over the threshold (Youden's J, out of fold), or with a sentence over it, "
+        "gets the generic answer"
+    )
 
     def build(self, forget: list[str], retain: list[str], seed: int) -> TextGate:
         """Embed the rows, fit the gate on forget (1) vs retain (0)."""
