@@ -111,19 +111,16 @@ def probe_accuracy(folder: Path, limit: str, probes: list[str]) -> dict[str, dic
     wanted = ["none", *probes]
     if all(p in known for p in wanted):
         return {p: known[p] for p in wanted}
-    from dataclasses import replace
-
     import numpy as np
 
-    from spul.artifacts import read_manifest
     from spul.audit.probes import apply_probe
     from spul.audit.report import served_answers
+    from spul.cli.evaluate import _evaluation_rows
     from spul.data.presets import load_data
-    from spul.data.selection import parse_limit, trained_selection
     from spul.unlearned import load_unlearned
 
-    selection = trained_selection(read_manifest(folder / "prompt"), "sst2-paper")
-    data = replace(selection, eval_limit=parse_limit(limit)).draw(load_data("sst2-paper"))[1]
+    # the rows `spul evaluate --prompt ... --limit` scores (the table's)
+    data = _evaluation_rows(str(folder / "prompt"), "sst2-paper", limit, 0, load_data("sst2-paper"))
     unlearned = load_unlearned(folder / "prompt")
     for probe in wanted:
         known[probe] = {}

@@ -550,10 +550,10 @@ def test_target_monitor_scores_held_rows_as_served_with_a_gate(monkeypatch):
         assert monitor.checks[-1]["acc"] == {"train_forget": 20.0, "train_retain": 90.0}
 
 
-def test_training_check_reads_the_unprompted_answers_from_the_text_cache(tiny_lm, toy):
+def test_training_check_reads_the_unprompted_answers_from_the_text_cache(tiny_lm, toy, monkeypatch):
     """A suffix prompt's check takes the frozen model's own answers (its retain baseline) from the cached
     text states, with no forward of its own, and gets the same baseline as a check without a cache."""
-    from spul.methods import get_method
+    from spul.methods import get_method, soft_prompt
     from spul.prompting import Encoder, Template, Verbalizer
 
     template = Template()
@@ -568,15 +568,16 @@ def test_training_check_reads_the_unprompted_answers_from_the_text_cache(tiny_lm
         check, held_out = method.training_check(items, 0)
         method.prepare(items, first=sorted(held_out))
         assert bool(method.text_cache) == (cache_mb > 0)
-        if cache_mb:
-            full_forward = method.logits
+        with monkeypatch.context() as patch:
+            if cache_mb:
+                full_forward = soft_prompt.answer_logits
 
-            def prompted_only(batch, prompted=True, full_forward=full_forward):
-                assert prompted, "the unprompted answers should come from the text cache"
-                return full_forward(batch, prompted)
+                def prompted_only(model, batch, prefix=None, full_forward=full_forward, **kwargs):
+                    assert prefix is not None, "the unprompted answers should come from the text cache"
+                    return full_forward(model, batch, prefix, **kwargs)
 
-            method.logits = prompted_only
-        measured[cache_mb] = check()[2]
+                patch.setattr(soft_prompt, "answer_logits", prompted_only)
+            measured[cache_mb] = check()[2]
     assert measured[2048]["retain_before"] == measured[0]["retain_before"]
     assert measured[2048]["forget_acc"] == measured[0]["forget_acc"]
 

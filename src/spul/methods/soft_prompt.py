@@ -180,7 +180,10 @@ class SoftPromptMethod(Method):
         self.peft.save_pretrained(str(folder))
 
     def logits(self, batch: Batch, prompted: bool = True) -> torch.Tensor:
-        """Answer-position logits with or without the soft prompt."""
+        """Answer-position logits with or without the soft prompt; without it, read from the text cache
+        when that holds every row of the batch (the cache keeps each row's unprompted answer)."""
+        if not prompted and self.text_cache and all(i in self.text_cache for i in batch.index):
+            return torch.stack([self.text_cache[i][1] for i in batch.index])
         with self.lm.autocast():
             return answer_logits(self.lm.model, batch, self.placed_prompt() if prompted else None)
 

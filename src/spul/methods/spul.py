@@ -224,12 +224,8 @@ class Spul(SoftPromptMethod):
             with torch.no_grad():
                 for start in range(0, len(rows), 32):
                     chunk = rows[start : start + 32]
-                    if not prompted and all(i in self.text_cache for i in chunk):
-                        # a suffix prompt's cached text states come with the unprompted answer
-                        logits = torch.stack([self.text_cache[i][1] for i in chunk])
-                    else:
-                        batch = collate([items[i] for i in chunk], self, chunk).batch
-                        logits = self.logits_pair(batch)[0] if prompted else self.logits(batch, False)
+                    batch = collate([items[i] for i in chunk], self, chunk).batch
+                    logits = self.logits_pair(batch)[0] if prompted else self.logits(batch, prompted=False)
                     out += logits[:, -1].argmax(-1).tolist()
             return out
 
