@@ -10,15 +10,25 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import WordFinder, hashing_embedder
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spul.audit import report as audit_report
 from spul.audit.probes import EntityFinder
 from spul.engine import OTHER, Scores
 from spul.errors import SpulError
 from spul.evaluation import compare, evaluate
-from spul.guardrails import PROMPT, EmbeddingGate, Guard, KeywordFilter, TextGate, apply_guard
+from spul.guardrails import (
+    PROMPT,
+    EmbeddingGate,
+    Guard,
+    KeywordFilter,
+    TextGate,
+    apply_guard,
+    gate_pieces,
+)
 from spul.methods import get_method, resolve_options
-from spul.methods.guard import load_guard, with_forget_rule
+from spul.methods.guard import GATE_WINDOW, load_guard, with_forget_rule
 from spul.models import load_model
 from spul.pipeline import load_unlearned, train_artifact
 from spul.prompting import Encoder, Template, Verbalizer
@@ -117,6 +127,48 @@ def test_a_sentences_gate_sees_a_text_an_injected_sentence_dilutes(tmp_path):
     del meta["sentences"]
     (tmp_path / "gate.json").write_text(json.dumps(meta))
     assert EmbeddingGate.load(tmp_path).sentences is False
+
+
+def test_a_window_gate_sees_a_text_appended_words_dilute(tmp_path):
+    """Words appended without a sentence break (the adaptive attack's move) dilute the whole text's
+    embedding and leave one sentence; a `window` gate also scores runs of words and still flags it."""
+
+    def embed(texts):  # mean pooling: the share of the words that are "sandler"
+        return np.array([[t.lower().split().count("sandler") / len(t.split()), 1.0] for t in texts])
+
+    appended = "sandler film " + " ".join(["word"] * 8)
+    texts = ["sandler film", appended, "a fine film " + " ".join(["word"] * 8)]
+    sentences = EmbeddingGate(np.array([1.0, 0.0], dtype=np.float32), 0.0, 0.3, sentences=True)
+    assert TextGate(sentences, embed).flags(texts).tolist() == [True, False, False]
+    windowed = replace(sentences, window=3)
+    assert TextGate(windowed, embed).flags(texts).tolist() == [True, True, False]
+    windowed.save(tmp_path)
+    assert EmbeddingGate.load(tmp_path).window == 3
+    meta = json.loads((tmp_path / "gate.json").read_text())
+    del meta["window"]
+    (tmp_path / "gate.json").write_text(json.dumps(meta))
+    assert EmbeddingGate.load(tmp_path).window == 0  # gates saved before windows: whole text + sentences
+    meta["window"] = -2
+    (tmp_path / "gate.json").write_text(json.dumps(meta))
+    with pytest.raises(SpulError, match="unreadable gate"):
+        EmbeddingGate.load(tmp_path)
+
+
+@given(st.lists(st.sampled_from(["", ".", "!", ","]), max_size=40), st.integers(0, 12))
+def test_gate_windows_are_full_runs_covering_every_word(endings, window):
+    """Every window piece is `window` consecutive words of the text, and together they cover all of it."""
+    words = [f"w{i}{end}" for i, end in enumerate(endings)]  # distinct words: a run has one place
+    pieces = gate_pieces(" ".join(words), sentences=False, window=window)
+    if not window or len(words) <= window:
+        assert pieces == []
+        return
+    covered: set[int] = set()
+    for piece in pieces:
+        run = piece.split()
+        start = words.index(run[0])
+        assert run == words[start : start + window]
+        covered |= set(range(start, start + window))
+    assert covered == set(range(len(words)))
 
 
 def test_gate_needs_rows_of_both_kinds():
@@ -453,6 +505,8 @@ def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(
         assert (out / "guard.json").is_file() and manifest["hyperparameters"]["method"]["gate"] is True
         model = Unlearned(tiny_lm, out, manifest)
         assert model.guard is not None and model.guard.action == PROMPT
+        saved = json.loads((out / "gate.json").read_text())  # a new gate reads sentences and word runs
+        assert saved["sentences"] is True and saved["window"] == GATE_WINDOW
         texts = toy.test_forget.texts + toy.test_retain.texts
         flags = model.guard.flags(texts)
         assert flags.any() and not flags.all()

@@ -100,6 +100,7 @@ class EmbeddingGate:
     threshold: float
     embedder_name: str = MINILM
     sentences: bool = False  # also flag a text when one of its sentences is flagged (older gate.json: off)
+    window: int = 0  # also flag a text when a run of this many words is flagged (0, older gate.json: off)
 
     @classmethod
     def fit(
@@ -168,6 +169,7 @@ class EmbeddingGate:
             "threshold": self.threshold,
             "embedder": self.embedder_name,
             "sentences": self.sentences,
+            "window": self.window,
         }
         (folder / "gate.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -180,8 +182,11 @@ class EmbeddingGate:
             meta = json.loads((folder / "gate.json").read_text(encoding="utf-8"))
             weights = load_file(str(folder / "gate.safetensors"))["weights"].numpy()
             sentences = bool(meta.get("sentences", False))  # older gates score whole texts
+            window = int(meta.get("window", 0))
+            if window < 0:
+                raise ValueError(f"window must be >= 0, got {window}")
             bias, threshold, embedder = float(meta["bias"]), float(meta["threshold"]), str(meta["embedder"])
-            return cls(weights, bias, threshold, embedder, sentences)
+            return cls(weights, bias, threshold, embedder, sentences, window)
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise SpulError(f"{folder}: unreadable gate (gate.json / gate.safetensors): {err}") from None
 
@@ -218,20 +223,34 @@ class TextGate:
     embed: Embedder
 
     def flags(self, texts: Sequence[str]) -> np.ndarray:
-        """True for each text whose embedding the gate flags (a `sentences` gate: or the embedding of one
-        of its sentences, when it has several)."""
+        """True for each text whose embedding the gate flags, or the embedding of one of its pieces: its
+        sentences (a `sentences` gate) and its runs of `window` words, half overlapping (a `window` gate)."""
         if not texts:
             return np.zeros(0, dtype=bool)
         pieces, owner = list(texts), list(range(len(texts)))
-        if self.gate.sentences:
-            for i, text in enumerate(texts):
-                parts = [p for p in _SENTENCE_BREAK.split(text) if p.strip()]
-                if len(parts) > 1:
-                    pieces += parts
-                    owner += [i] * len(parts)
+        for i, text in enumerate(texts):
+            extra = gate_pieces(text, self.gate.sentences, self.gate.window)
+            pieces += extra
+            owner += [i] * len(extra)
         flagged = np.zeros(len(texts), dtype=bool)
         np.logical_or.at(flagged, np.asarray(owner), self.gate.flags(np.asarray(self.embed(pieces))))
         return flagged
+
+
+def gate_pieces(text: str, sentences: bool, window: int) -> list[str]:
+    """The parts of a query a gate scores besides the whole text: its sentences (when it has several) and
+    its runs of `window` words, starting every window // 2 words and at the end (when it is longer)."""
+    pieces: list[str] = []
+    if sentences:
+        parts = [p for p in _SENTENCE_BREAK.split(text) if p.strip()]
+        if len(parts) > 1:
+            pieces += parts
+    words = text.split()
+    if window and len(words) > window:
+        last = len(words) - window
+        starts = sorted({*range(0, last, max(1, window // 2)), last})  # the last run ends with the text
+        pieces += [" ".join(words[s : s + window]) for s in starts]
+    return pieces
 
 
 @dataclass

@@ -217,6 +217,11 @@ class EmbeddingGateMethod(GuardMethod):
         return TextGate(gate, get_embedder(gate.embedder_name))
 
 
+# words per run a fitted gate also scores: appended words or an instruction after the text, with no sentence
+# break, dilute the whole text's embedding, not a run of the text's own words (docs/results.md, "Word runs")
+GATE_WINDOW = 8
+
+
 def fit_text_gate(
     forget: list[str],
     retain: list[str],
@@ -228,7 +233,7 @@ def fit_text_gate(
 ) -> tuple[TextGate, np.ndarray]:
     """Embed the training rows and fit the gate on forget (1) vs retain (0) (`recall`, `groups`: see
     EmbeddingGate.fit_out_of_fold); also each row's out-of-fold flag (forget rows first, whole texts). The
-    gate also scores each sentence of a query with several (`EmbeddingGate.sentences`)."""
+    gate also scores each sentence of a query and its runs of GATE_WINDOW words (`gate_pieces`)."""
     if len(forget) < folds or len(retain) < folds:
         raise SpulError(
             f"gate: needs at least {folds} forget and {folds} retain training rows "
@@ -239,7 +244,7 @@ def fit_text_gate(
     gate, flags = EmbeddingGate.fit_out_of_fold(
         vectors[: len(forget)], vectors[len(forget) :], seed, folds, recall, groups
     )
-    gate.embedder_name, gate.sentences = embedder, True
+    gate.embedder_name, gate.sentences, gate.window = embedder, True, GATE_WINDOW
     return TextGate(gate, embed), flags
 
 
