@@ -198,8 +198,8 @@ class EmbeddingGateMethod(GuardMethod):
     config_class = GateConfig
     trains_on = "a logistic regression on sentence embeddings, forget vs retain rows"
     objective = (
-        "logistic loss; a query over the threshold (Youden's J, out of fold), or with a sentence over it, "
-        "gets the generic answer"
+        "logistic loss; a query over the threshold (Youden's J, out of fold), or with a sentence or a run of "
+        "8 words over it, gets the generic answer"
     )
 
     def build(self, forget: list[str], retain: list[str], seed: int) -> TextGate:
