@@ -188,6 +188,11 @@ class GateConfig(UntrainedConfig):
             raise SpulError(f"gate: folds must be at least 2, got {self.folds}")
 
 
+# words per run a fitted gate also scores: appended words or an instruction after the text, with no sentence
+# break, dilute the whole text's embedding, not a run of the text's own words (docs/results.md, "Word runs")
+GATE_WINDOW = 8
+
+
 # Same shape as KeywordFilterMethod: the registry's class attributes and a build(); only the values differ.
 @register
 class EmbeddingGateMethod(GuardMethod):
@@ -199,7 +204,7 @@ class EmbeddingGateMethod(GuardMethod):
     trains_on = "a logistic regression on sentence embeddings, forget vs retain rows"
     objective = (
         "logistic loss; a query over the threshold (Youden's J, out of fold), or with a sentence or a run of "
-        "8 words over it, gets the generic answer"
+        f"{GATE_WINDOW} words over it, gets the generic answer"
     )
 
     def build(self, forget: list[str], retain: list[str], seed: int) -> TextGate:
@@ -215,11 +220,6 @@ class EmbeddingGateMethod(GuardMethod):
         """The gate saved in `folder`, with its embedder loaded."""
         gate = EmbeddingGate.load(folder)
         return TextGate(gate, get_embedder(gate.embedder_name))
-
-
-# words per run a fitted gate also scores: appended words or an instruction after the text, with no sentence
-# break, dilute the whole text's embedding, not a run of the text's own words (docs/results.md, "Word runs")
-GATE_WINDOW = 8
 
 
 def fit_text_gate(
