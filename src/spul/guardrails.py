@@ -232,8 +232,12 @@ class TextGate:
             extra = gate_pieces(text, self.gate.sentences, self.gate.window)
             pieces += extra
             owner += [i] * len(extra)
+        # a piece can repeat (a sentence that is also a run, the same text twice): embed each once
+        index: dict[str, int] = {}
+        inverse = [index.setdefault(piece, len(index)) for piece in pieces]
+        piece_flags = self.gate.flags(np.asarray(self.embed(list(index))))[inverse]
         flagged = np.zeros(len(texts), dtype=bool)
-        np.logical_or.at(flagged, np.asarray(owner), self.gate.flags(np.asarray(self.embed(pieces))))
+        np.logical_or.at(flagged, np.asarray(owner), piece_flags)
         return flagged
 
 
