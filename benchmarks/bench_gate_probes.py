@@ -4,7 +4,9 @@ The gate alone (no language model): the share (%) of seeded test rows it flags, 
 surface probe and with 5 random label-neutral words appended (where the audit's adaptive attack starts),
 scored as a whole-text gate, a gate that also scores each sentence (`EmbeddingGate.sentences`) and one
 that also scores runs of W words (`EmbeddingGate.window`). A forget query the gate misses goes to the
-model without the prompt; a retain query it flags gets the prompt.
+model without the prompt; a retain query it flags gets the prompt. A gate with a refusal threshold
+(gated SPUL's `gate_refuse`) adds a row per split: the share it refuses (the generic answer outright), read
+as saved.
 
     python benchmarks/bench_gate_probes.py runs/demo/prompt --rows 200 --windows 8,12,16
 """
@@ -66,6 +68,13 @@ def main() -> None:
             flagger = TextGate(reading, embed)
             shares = [100 * flagger.flags(probed[p]).mean() for p in columns]
             print(f"| {split} | {name} | " + " | ".join(f"{s:.1f}" for s in shares) + " |", flush=True)
+        if gate.refuse_threshold is not None:
+            refusing = TextGate(gate, embed)
+            shares = [100 * refusing.bands(probed[p])[1].mean() for p in columns]
+            print(
+                f"| {split} | refused, as saved | " + " | ".join(f"{s:.1f}" for s in shares) + " |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -81,13 +81,60 @@ def test_gate_recall_sets_the_threshold_at_that_share_of_forget_rows_out_of_fold
     forget = rng.normal(size=(80, 16)) + 0.5 * direction  # overlapping: the threshold matters
     retain = rng.normal(size=(200, 16)) - 0.5 * direction
     youden = EmbeddingGate.fit(forget, retain, seed=0)
-    gate, flags = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, recall=recall)
+    gate, scores = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, recall=recall)
+    flags = scores >= gate.threshold
     assert np.array_equal(gate.weights, youden.weights)  # the same classifier, another threshold
     share = flags[:80].mean()
     assert recall <= share < recall + 1 / 80 + 1e-9  # the highest threshold flagging that share
     # a lower recall flags no retain row a higher one does not
-    lower = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, recall=recall / 2)[1]
+    low_gate, low_scores = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, recall=recall / 2)
+    lower = low_scores >= low_gate.threshold
     assert not (lower & ~flags).any() and lower[80:].sum() <= flags[80:].sum()
+
+
+def test_gate_refusal_threshold_lets_that_share_of_retain_rows_through_and_is_saved(tmp_path):
+    """`refuse`: the lowest threshold at most that share of the retain rows reach out of fold (and never
+    below the flag threshold); saved in gate.json, read as none from older gates."""
+    rng = np.random.default_rng(3)
+    direction = rng.normal(size=16)
+    forget = rng.normal(size=(80, 16)) + 0.25 * direction
+    retain = rng.normal(size=(200, 16)) - 0.25 * direction
+    plain, plain_scores = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0)
+    assert plain.refuse_threshold is None and not plain.refusals(plain_scores).any()
+    for share in (0.01, 0.05, 0.2):
+        gate, scores = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, refuse=share)
+        assert np.array_equal(scores, plain_scores) and gate.threshold == plain.threshold
+        refused = gate.refusals(scores)
+        assert refused[80:].sum() <= share * 200  # at most that share of retain rows refused ...
+        assert gate.refuse_threshold >= gate.threshold and not (refused & (scores < gate.threshold)).any()
+        # ... and the lowest such threshold: the next retain score down would let one more through
+        below = np.sort(scores[80:])[::-1][int(share * 200)]
+        assert gate.refuse_threshold == max(gate.threshold, np.nextafter(below, np.inf))
+        assert 0 < refused[:80].sum() < 80
+    gate.save(tmp_path)
+    assert EmbeddingGate.load(tmp_path).refuse_threshold == gate.refuse_threshold
+    meta = json.loads((tmp_path / "gate.json").read_text())
+    del meta["refuse_threshold"]
+    (tmp_path / "gate.json").write_text(json.dumps(meta))
+    assert EmbeddingGate.load(tmp_path).refuse_threshold is None
+    with pytest.raises(SpulError, match="refusal share"):
+        EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, refuse=1.0)
+
+
+def test_gate_out_of_fold_scores_read_the_pieces_as_served():
+    """With `pieces` each training row is scored as the gate reads a query: the highest of its own and its
+    pieces' out-of-fold scores; the classifier itself is trained on the rows alone."""
+    rng = np.random.default_rng(4)
+    direction = rng.normal(size=16)
+    forget = rng.normal(size=(40, 16)) + 0.3 * direction
+    retain = rng.normal(size=(100, 16)) - 0.3 * direction
+    gate, rows = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0)
+    piece_vectors = np.concatenate([forget[:5] + 3 * direction, retain[:5] - 3 * direction])
+    owner = np.r_[np.arange(5), 40 + np.arange(5)]
+    with_pieces, scored = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, pieces=(piece_vectors, owner))
+    assert np.array_equal(with_pieces.weights, gate.weights)
+    assert (scored[:5] > rows[:5]).all()  # a piece scoring higher raises its row's score
+    assert np.array_equal(scored[5:], rows[5:])  # a piece scoring lower, or none, leaves it
 
 
 def test_gate_groups_keep_a_rows_copies_in_one_fold():
@@ -100,8 +147,8 @@ def test_gate_groups_keep_a_rows_copies_in_one_fold():
     twice_f, twice_r = np.concatenate([forget, forget]), np.concatenate([retain, retain])
     groups = np.concatenate([np.arange(40), np.arange(40), 40 + np.arange(100), 40 + np.arange(100)])
     # twice_f then twice_r: forget rows first, each row's copy in the same group
-    _, grouped = EmbeddingGate.fit_out_of_fold(twice_f, twice_r, seed=0, groups=groups)
-    _, leaky = EmbeddingGate.fit_out_of_fold(twice_f, twice_r, seed=0)
+    fits = [EmbeddingGate.fit_out_of_fold(twice_f, twice_r, seed=0, groups=g) for g in (groups, None)]
+    grouped, leaky = (scores >= gate.threshold for gate, scores in fits)
     y = np.r_[np.ones(80), np.zeros(200)]
     balanced = [(f[y == 1].mean() + 1 - f[y == 0].mean()) / 2 for f in (grouped, leaky)]
     assert balanced[0] < balanced[1]  # without groups a copy's twin in training inflates the estimate
@@ -190,6 +237,31 @@ def test_apply_guard_gives_flagged_rows_the_generic_answer_and_leaves_the_rest()
     assert apply_guard(scores, texts, None) is scores
     with pytest.raises(SpulError, match="unknown guard action 'nope'"):
         Guard(KeywordFilter(("sandler",)), action="nope")
+
+
+def test_a_gated_prompt_refuses_what_its_gate_scores_above_the_refusal_threshold():
+    """A gate with a refusal threshold: a query scoring above it gets the generic answer and uniform label
+    probabilities, not the prompt; one between the thresholds the prompt; the rest the model alone."""
+
+    def embed(texts):  # the share of the words that are "sandler"
+        return np.array([[t.lower().split().count("sandler") / len(t.split()), 1.0] for t in texts])
+
+    gate = EmbeddingGate(np.array([1.0, 0.0], dtype=np.float32), 0.0, 0.3, refuse_threshold=0.6)
+    texts = ["sandler sandler film", "a sandler film", "a fine film"]
+    rule = TextGate(gate, embed)
+    flags, refused = rule.bands(texts)
+    assert flags.tolist() == [True, True, False] and refused.tolist() == [True, False, False]
+    prompted = Scores(np.array([1, 1, 1]), np.log([[0.1, 0.9]] * 3), np.ones(3))
+    alone = Scores(np.array([0, 0, 0]), np.log([[0.8, 0.2]] * 3), np.zeros(3))
+    served = apply_guard(prompted, texts, Guard(rule, PROMPT), alone)
+    assert served.predicted.tolist() == [OTHER, 1, 0]
+    assert np.allclose(served.logprobs[0], np.log(0.5)) and np.allclose(
+        served.logprobs[1], np.log([0.1, 0.9])
+    )
+    assert np.allclose(served.logprobs[2], np.log([0.8, 0.2]))
+    # a generic-answer guard answers what it flags generic anyway; a filter refuses nothing beyond that
+    assert apply_guard(alone, texts, Guard(rule)).predicted.tolist() == [OTHER, OTHER, 0]
+    assert not Guard(KeywordFilter(("sandler",)), PROMPT).bands(texts)[1].any()
 
 
 def test_answer_policy_withholds_the_label_probabilities_of_generic_answers():
@@ -393,6 +465,10 @@ def test_audit_probes_and_membership_stats_go_through_the_guard(toy, monkeypatch
     assert flagged.label_logprob == -np.log(2) and flagged.text == "" and kept is alone[1]
     gated = Guard(KeywordFilter(("sandler",)), PROMPT)  # gated SPUL: the prompted row where it flags
     assert audit_report.guarded_stats(stats, alone, ["a sandler", "a film"], gated, 2) == [stats[0], alone[1]]
+    refusing = EmbeddingGate(np.array([1.0], dtype=np.float32), 0.0, 0.5, refuse_threshold=0.5)
+    by_gate = Guard(TextGate(refusing, lambda ts: np.array([[float("sandler" in t)] for t in ts])), PROMPT)
+    refused, kept = audit_report.guarded_stats(stats, alone, ["a sandler", "a film"], by_gate, 2)
+    assert refused.label_logprob == -np.log(2) and kept is alone[1]  # a refused row: no membership signal
     assert (
         audit_report.model_labels(False, guarded=True)["fine_tuned"] == "the fine-tuned model, guard dropped"
     )
@@ -479,6 +555,31 @@ def test_gate_with_the_real_minilm_flags_the_forget_topic(tiny_lm):
         True,
         False,
     ]
+
+
+def test_gated_spul_with_gate_refuse_answers_refused_queries_generic(tiny_lm, toy, tmp_path, fake_embedder):
+    """`gate_refuse`: the saved gate carries a refusal threshold at or above its flag threshold, and a
+    served query scoring above it is answered generic with uniform label probabilities."""
+    from spul.pipeline import train_artifact
+    from spul.training import TrainConfig
+    from spul.unlearned import Unlearned
+
+    options = {"num_virtual_tokens": 2, "gate": True, "gate_embedder": fake_embedder, "gate_refuse": 0.2}
+    manifest = train_artifact(
+        "spul", tiny_lm, toy, tmp_path, method_options=options,
+        config=TrainConfig(epochs=1, batch_size=4, lr=5e-2), show_progress=False,
+    )  # fmt: skip
+    assert manifest["hyperparameters"]["method"]["gate_refuse"] == 0.2
+    saved = json.loads((tmp_path / "gate.json").read_text())
+    assert saved["refuse_threshold"] >= saved["threshold"]
+    model = Unlearned(tiny_lm, tmp_path, manifest)
+    texts = toy.train_forget.texts + toy.test_forget.texts + toy.test_retain.texts
+    flags, refused = model.guard.bands(texts)
+    assert refused.any() and not (refused & ~flags).any()
+    model.withhold = False  # even with the raw probabilities shown, a refused query carries no label
+    for answer, gone in zip(model.predict(texts), refused, strict=True):
+        if gone:
+            assert answer == {"label": "other", "probabilities": {"negative": 0.5, "positive": 0.5}}
 
 
 def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(

@@ -4,8 +4,10 @@ classifier over sentence embeddings trained on forget vs retain training rows.
 
 At inference a `Guard` (a rule plus an action) is applied to the scores of its queries by `apply_guard`,
 the one place the action is carried out: "generic" answers a flagged query with no label (OTHER) and
-uniform label log-probabilities, so nothing about the label leaks. Gate embedders are looked up by name
-in `EMBEDDERS` (the packaged all-MiniLM-L6-v2 by default; tests add a fake one).
+uniform label log-probabilities, so nothing about the label leaks; "prompt" (gated SPUL) gives a flagged
+query the soft prompt, and a gate with a refusal threshold answers the queries scoring above it generic.
+Gate embedders are looked up by name in `EMBEDDERS` (the packaged all-MiniLM-L6-v2 by default; tests add
+a fake one).
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class EmbeddingGate:
     embedder_name: str = MINILM
     sentences: bool = False  # also flag a text when one of its sentences is flagged (older gate.json: off)
     window: int = 0  # also flag a text when a run of this many words is flagged (0, older gate.json: off)
+    # a gated prompt's query scoring at or above this gets the generic answer, not the prompt (None: off)
+    refuse_threshold: float | None = None
 
     @classmethod
     def fit(
@@ -125,30 +129,48 @@ class EmbeddingGate:
         folds: int = 5,
         recall: float | None = None,
         groups: np.ndarray | None = None,
+        pieces: tuple[np.ndarray, np.ndarray] | None = None,
+        refuse: float = 0.0,
     ) -> tuple[EmbeddingGate, np.ndarray]:
-        """`fit`, and each training row's out-of-fold flag (forget rows first): what the gate would do
-        to that row had it not been trained on it. `groups` (one id per row, forget rows first) keeps
-        rows of one group in one fold: rewritten copies of a row are scored by a gate that saw none."""
+        """`fit`, and each training row's out-of-fold score (forget rows first): what the gate would score
+        that row had it not been trained on it. `groups` (one id per row, forget rows first) keeps rows of
+        one group in one fold: rewritten copies of a row are scored by a gate that saw none. `pieces`
+        (vectors, the row each belongs to): a row's score is the highest of its own and its pieces', as a
+        gate reading pieces scores it, and the thresholds are chosen on those scores. `refuse` (0-1): the
+        refusal threshold lets at most that share of the retain rows through, out of fold (0: none)."""
+        from sklearn.base import clone
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+        from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
         x = np.concatenate([forget_vectors, retain_vectors]).astype(np.float64)
         y = np.concatenate([np.ones(len(forget_vectors)), np.zeros(len(retain_vectors))])
         if len(forget_vectors) < folds or len(retain_vectors) < folds:
             raise SpulError(f"the gate needs at least {folds} forget and {folds} retain training rows")
+        if not 0 <= refuse < 1:
+            raise SpulError(f"the gate's refusal share must be in [0, 1), got {refuse}")
         model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
         if groups is None:
             split = StratifiedKFold(folds, shuffle=True, random_state=seed)
         else:
             split = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-        scores = cross_val_predict(model, x, y, groups=groups, cv=split, method="decision_function")
+        scores = np.empty(len(y))
+        for train, held in split.split(x, y, groups):
+            fold = clone(model).fit(x[train], y[train])
+            scores[held] = fold.decision_function(x[held])
+            mine = np.isin(pieces[1], held) if pieces is not None else None
+            if mine is not None and mine.any():
+                np.maximum.at(
+                    scores, pieces[1][mine], fold.decision_function(pieces[0][mine].astype(np.float64))
+                )
         if recall is None:
             threshold = _youden_threshold(scores, y)
         else:
             threshold = _recall_threshold(scores[y == 1], recall)
+        refuse_threshold = max(threshold, _through_threshold(scores[y == 0], refuse)) if refuse else None
         model.fit(x, y)
         gate = cls(model.coef_[0].astype(np.float32), float(model.intercept_[0]), threshold)
-        return gate, scores >= threshold
+        gate.refuse_threshold = refuse_threshold
+        return gate, scores
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         """The classifier's decision value of each vector (higher = more like the forget set)."""
@@ -157,6 +179,12 @@ class EmbeddingGate:
     def flags(self, vectors: np.ndarray) -> np.ndarray:
         """True where the score reaches the threshold."""
         return self.scores(vectors) >= self.threshold
+
+    def refusals(self, scores: np.ndarray) -> np.ndarray:
+        """True where a score reaches the refusal threshold (none without one)."""
+        if self.refuse_threshold is None:
+            return np.zeros(len(scores), dtype=bool)
+        return np.asarray(scores) >= self.refuse_threshold
 
     def save(self, folder: Path) -> None:
         """gate.safetensors (the weights) + gate.json (bias, threshold, embedder)."""
@@ -170,6 +198,7 @@ class EmbeddingGate:
             "embedder": self.embedder_name,
             "sentences": self.sentences,
             "window": self.window,
+            "refuse_threshold": self.refuse_threshold,
         }
         (folder / "gate.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -186,7 +215,9 @@ class EmbeddingGate:
             if window < 0:
                 raise ValueError(f"window must be >= 0, got {window}")
             bias, threshold, embedder = float(meta["bias"]), float(meta["threshold"]), str(meta["embedder"])
-            return cls(weights, bias, threshold, embedder, sentences, window)
+            refuse = meta.get("refuse_threshold")  # older gates refuse nothing
+            refuse = None if refuse is None else float(refuse)
+            return cls(weights, bias, threshold, embedder, sentences, window, refuse)
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise SpulError(f"{folder}: unreadable gate (gate.json / gate.safetensors): {err}") from None
 
@@ -209,6 +240,15 @@ def _recall_threshold(forget_scores: np.ndarray, recall: float) -> float:
     return float(ranked[max(0, math.ceil(recall * len(ranked) - 1e-9) - 1)])
 
 
+def _through_threshold(retain_scores: np.ndarray, share: float) -> float:
+    """The lowest score threshold that at most `share` (0-1) of the retain rows reach."""
+    ranked = np.sort(retain_scores)[::-1]
+    allowed = math.floor(share * len(ranked) + 1e-9)
+    if allowed >= len(ranked):
+        return -math.inf
+    return float(np.nextafter(ranked[allowed], math.inf))
+
+
 class Flagger(Protocol):
     """Anything that flags texts: a KeywordFilter, a TextGate."""
 
@@ -222,23 +262,39 @@ class TextGate:
     gate: EmbeddingGate
     embed: Embedder
 
-    def flags(self, texts: Sequence[str]) -> np.ndarray:
-        """True for each text whose embedding the gate flags, or the embedding of one of its pieces: its
-        sentences (a `sentences` gate) and its runs of `window` words, half overlapping (a `window` gate)."""
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """Each text's score: the highest of its whole text's and its pieces', its sentences (a `sentences`
+        gate) and its runs of `window` words, half overlapping (a `window` gate)."""
         if not texts:
-            return np.zeros(0, dtype=bool)
-        pieces, owner = list(texts), list(range(len(texts)))
-        for i, text in enumerate(texts):
-            extra = gate_pieces(text, self.gate.sentences, self.gate.window)
-            pieces += extra
-            owner += [i] * len(extra)
-        # a piece can repeat (a sentence that is also a run, the same text twice): embed each once
-        index: dict[str, int] = {}
-        inverse = [index.setdefault(piece, len(index)) for piece in pieces]
-        piece_flags = self.gate.flags(np.asarray(self.embed(list(index))))[inverse]
-        flagged = np.zeros(len(texts), dtype=bool)
-        np.logical_or.at(flagged, np.asarray(owner), piece_flags)
-        return flagged
+            return np.zeros(0)
+        unique, inverse, owner = piece_table(texts, self.gate.sentences, self.gate.window)
+        best = np.full(len(texts), -np.inf)
+        np.maximum.at(best, owner, self.gate.scores(np.asarray(self.embed(unique)))[inverse])
+        return best
+
+    def flags(self, texts: Sequence[str]) -> np.ndarray:
+        """True for each text the gate flags (its score, or one of its pieces', reaches the threshold)."""
+        return self.scores(texts) >= self.gate.threshold
+
+    def bands(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each text's flag and refusal (its score reaches the refusal threshold), from one scoring."""
+        scores = self.scores(texts)
+        return scores >= self.gate.threshold, self.gate.refusals(scores)
+
+
+def piece_table(
+    texts: Sequence[str], sentences: bool, window: int
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every text and its `gate_pieces` as (the distinct strings, each piece's index into them, each piece's
+    text): a piece can repeat (a sentence that is also a run, the same text twice) and is embedded once."""
+    pieces, owner = list(texts), list(range(len(texts)))
+    for i, text in enumerate(texts):
+        extra = gate_pieces(text, sentences, window)
+        pieces += extra
+        owner += [i] * len(extra)
+    index: dict[str, int] = {}
+    inverse = [index.setdefault(piece, len(index)) for piece in pieces]
+    return list(index), np.asarray(inverse, dtype=np.int64), np.asarray(owner, dtype=np.int64)
 
 
 def gate_pieces(text: str, sentences: bool, window: int) -> list[str]:
@@ -275,24 +331,32 @@ class Guard:
             raise SpulError(f"the guard's rule gave {flags.size} flags for {len(texts)} texts")
         return flags
 
+    def bands(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each text's flag, and whether it is refused (the generic answer whatever the action: a gate's
+        refusal threshold; other rules refuse nothing)."""
+        if isinstance(self.rule, TextGate):
+            return self.rule.bands(texts)
+        return self.flags(texts), np.zeros(len(texts), dtype=bool)
+
 
 def apply_guard(
     scores: Scores, texts: Sequence[str], guard: Guard | None, unprompted: Scores | None = None
 ) -> Scores:
     """`scores` with the guard's action on the rows it flags ("generic": OTHER and uniform label
     log-probabilities, loss log K; "prompt": `scores` are the prompted ones and the rows it does not flag
-    take `unprompted`'s); unchanged without a guard."""
+    take `unprompted`'s, the rows it refuses get the generic answer); unchanged without a guard."""
     if guard is None or len(texts) == 0:
         return scores
     if guard.action == PROMPT:
         if unprompted is None:
             raise SpulError("a gated prompt needs the scores without the prompt too")
-        keep = guard.flags(texts)
-        return Scores(
+        keep, refused = guard.bands(texts)
+        merged = Scores(
             np.where(keep, scores.predicted, unprompted.predicted),
             np.where(keep[:, None], scores.logprobs, unprompted.logprobs),
             np.where(keep, scores.loss, unprompted.loss),
         )
+        return answer_generic(merged, refused)
     return answer_generic(scores, guard.flags(texts))
 
 

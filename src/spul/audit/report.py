@@ -287,12 +287,13 @@ def guarded_stats(
 ) -> list[TokenStats]:
     """The statistics a guarded model shows. A row the guard flags: with a generic-answer guard the same
     answer for every flagged row (uniform label log-probabilities, no membership signal); with a gated
-    prompt the prompted row's `stats`. A row it does not flag: the model alone's (`alone`)."""
-    flags = guard.flags(texts)
-    if guard.action == PROMPT:
-        return [s if f else a for s, a, f in zip(stats, alone, flags, strict=True)]
+    prompt the prompted row's `stats`, unless its gate refuses the row (then as a generic-answer guard). A
+    row it does not flag: the model alone's (`alone`)."""
+    flags, refused = guard.bands(texts)
     uniform = -float(np.log(num_labels))
     same = TokenStats(np.array([uniform]), np.array([uniform]), np.zeros(1), uniform, 0.0, "")
+    if guard.action == PROMPT:
+        return [same if r else s if f else a for s, a, f, r in zip(stats, alone, flags, refused, strict=True)]
     return [same if f else a for a, f in zip(alone, flags, strict=True)]
 
 

@@ -32,6 +32,7 @@ from spul.guardrails import (
     KeywordFilter,
     TextGate,
     get_embedder,
+    piece_table,
 )
 from spul.io import write_json_atomic
 from spul.methods.base import Method, TrainBatch, register
@@ -230,22 +231,34 @@ def fit_text_gate(
     seed: int,
     recall: float | None = None,
     groups: np.ndarray | None = None,
+    refuse: float = 0.0,
 ) -> tuple[TextGate, np.ndarray]:
-    """Embed the training rows and fit the gate on forget (1) vs retain (0) (`recall`, `groups`: see
-    EmbeddingGate.fit_out_of_fold); also each row's out-of-fold flag (forget rows first, whole texts). The
-    gate also scores each sentence of a query and its runs of GATE_WINDOW words (`gate_pieces`)."""
+    """Embed the training rows and fit the gate on forget (1) vs retain (0) (`recall`, `groups`, `refuse`:
+    see EmbeddingGate.fit_out_of_fold); also each row's out-of-fold score (forget rows first). The gate
+    reads each sentence of a query and its runs of GATE_WINDOW words (`gate_pieces`), and so are the
+    training rows scored out of fold, where its thresholds are chosen."""
     if len(forget) < folds or len(retain) < folds:
         raise SpulError(
             f"gate: needs at least {folds} forget and {folds} retain training rows "
             f"(got {len(forget)} and {len(retain)})"
         )
     embed = get_embedder(embedder)
-    vectors = embed(forget + retain)
-    gate, flags = EmbeddingGate.fit_out_of_fold(
-        vectors[: len(forget)], vectors[len(forget) :], seed, folds, recall, groups
+    texts = forget + retain
+    unique, inverse, owner = piece_table(texts, True, GATE_WINDOW)
+    vectors = np.asarray(embed(unique))[inverse]  # the texts come first, in order
+    n = len(texts)
+    gate, scores = EmbeddingGate.fit_out_of_fold(
+        vectors[: len(forget)],
+        vectors[len(forget) : n],
+        seed,
+        folds,
+        recall,
+        groups,
+        (vectors[n:], owner[n:]),
+        refuse,
     )
     gate.embedder_name, gate.sentences, gate.window = embedder, True, GATE_WINDOW
-    return TextGate(gate, embed), flags
+    return TextGate(gate, embed), scores
 
 
 def write_guard(folder: Path, rule: str, action: str) -> None:

@@ -69,6 +69,16 @@ class SpulConfig(SoftPromptConfig):
         "gated SPUL: the gate's threshold flags this share (0-1] of the forget training rows, out of fold "
         "(none: the threshold maximising TPR - FPR); lower touches fewer retain queries",
     )
+    gate_refuse: float = option(
+        0.0,
+        "gated SPUL: queries the gate scores above the level that at most this share [0, 1) of the retain "
+        "training rows reach (out of fold) get the generic answer outright, not the prompt (0: none)",
+    )
+    gate_focus: float = option(
+        0.0,
+        "gated SPUL: this share [0, 1) of each batch's retain rows is drawn from the retain training rows "
+        "the gate flags out of fold, the only retain queries the prompt is served (0: drawn uniformly)",
+    )
     check_rows: int = option(
         CHECK_ROWS,
         "training check: how many forget rows and held-out retain rows it scores (check_every > 0)",
@@ -95,6 +105,10 @@ class SpulConfig(SoftPromptConfig):
         self.require("label_uniform", self.label_uniform >= 0, ">= 0")
         self.require("gate_recall", self.gate_recall is None or 0 < self.gate_recall <= 1, "in (0, 1]")
         self.require("gate_recall", self.gate_recall is None or self.gate, "given only with --gate")
+        self.require("gate_refuse", 0 <= self.gate_refuse < 1, "in [0, 1)")
+        self.require("gate_refuse", not self.gate_refuse or self.gate, "given only with --gate")
+        self.require("gate_focus", 0 <= self.gate_focus < 1, "in [0, 1)")
+        self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
@@ -109,9 +123,13 @@ class SpulConfig(SoftPromptConfig):
         if "kl_reference" not in out:
             del out["kl_top_k"]
         if not out["gate"]:
-            del out["gate"], out["gate_embedder"], out["gate_recall"]
-        elif out["gate_recall"] is None:
-            del out["gate_recall"]
+            del out["gate"], out["gate_embedder"], out["gate_recall"], out["gate_refuse"], out["gate_focus"]
+        else:
+            if out["gate_recall"] is None:
+                del out["gate_recall"]
+            for name in ("gate_refuse", "gate_focus"):
+                if not out[name]:
+                    del out[name]  # as before the option existed
         defaults = type(self)()  # terms off and the training check as it was: not recorded
         for name in ("label_uniform", "augment", "check_rows", "target_forget_acc", "target_retain_drop"):
             if out[name] == getattr(defaults, name):
@@ -140,7 +158,10 @@ class Spul(SoftPromptMethod):
         self.reference: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # cached KL references
         self.gate_rule = None  # gated SPUL: the gate fitted on the training rows
         self.gate_flags: list[bool] | None = None  # ... and its out-of-fold flag of each training row
+        self.gate_refused: list[bool] = []  # ... and whether it refuses the row out of fold
         self.check_flags: list[bool] = []  # ... and its flag of each check-only row (check_items)
+        self.check_refused: list[bool] = []  # ... and whether it refuses it
+        self.focus_share = self.config.gate_focus
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label.
@@ -156,24 +177,29 @@ class Spul(SoftPromptMethod):
             rows = [[texts[i] for i in forget], [texts[i] for i in retain]]
             groups = np.asarray([sources[i] for i in forget + retain]) if self.config.augment else None
             c = self.config
-            self.gate_rule, flags = fit_text_gate(
-                *rows, c.gate_embedder, GATE_FOLDS, seed, c.gate_recall, groups
+            self.gate_rule, scores = fit_text_gate(
+                *rows, c.gate_embedder, GATE_FOLDS, seed, c.gate_recall, groups, c.gate_refuse
             )
-            in_order = np.zeros(len(texts), dtype=bool)
-            in_order[forget + retain] = flags  # the gate's flags come forget rows first
-            self.gate_flags = in_order.tolist()
+            in_order = np.zeros(len(texts))
+            in_order[forget + retain] = scores  # the gate's scores come forget rows first
+            self.gate_flags = (in_order >= self.gate_rule.gate.threshold).tolist()
+            self.gate_refused = self.gate_rule.gate.refusals(in_order).tolist()
         prompts = self.encoder.encode(texts)
         items = []
-        for prompt, label, forget, source in zip(prompts, labels, is_forget, sources, strict=True):
+        flagged = self.gate_flags or [False] * len(texts)
+        for prompt, label, forget, source, focus in zip(
+            prompts, labels, is_forget, sources, flagged, strict=True
+        ):
             answer = rng.choice(self.generic.token_ids) if forget else self.verbalizer.token_ids[label]
-            items.append(TrainItem(prompt, answer, forget, label, source))
+            items.append(TrainItem(prompt, answer, forget, label, source, focus=focus and not forget))
         return items
 
     def check_items(self, texts, labels):
         """Check-only retain rows, encoded as training rows are; gated SPUL flags them with its gate
         (fitted without them), as they would be served."""
         if self.gate_rule is not None:
-            self.check_flags = self.gate_rule.flags(texts).tolist()
+            flags, refused = self.gate_rule.bands(texts)
+            self.check_flags, self.check_refused = flags.tolist(), refused.tolist()
         prompts = self.encoder.encode(texts)
         answers = [self.verbalizer.token_ids[label] for label in labels]
         return [
@@ -233,17 +259,20 @@ class Spul(SoftPromptMethod):
         # cached the text states, which hold them), for the retain baseline and (gated SPUL) for the rows
         # the gate does not send to the prompt
         alone: dict[int, int] = {}
-        gate_flags = None
+        gate_flags, refused = None, set()
         if self.gate_flags is not None:
             gate_flags = dict(enumerate(self.gate_flags))
             gate_flags |= dict(zip(check_only, self.check_flags, strict=True))
+            refused = {i for i, r in enumerate(self.gate_refused) if r}  # (none refused: empty)
+            refused |= {i for i, r in zip(check_only, self.check_refused, strict=False) if r}
 
         def served(rows: list[int]) -> list[int]:
             if gate_flags is None:
                 return top_answers(rows, prompted=True)
-            flagged = [i for i in rows if gate_flags[i]]  # only these are served the prompt
+            # only flagged rows are served the prompt; a refused one gets the generic answer (no label)
+            flagged = [i for i in rows if gate_flags[i] and i not in refused]
             prompted = dict(zip(flagged, top_answers(flagged, prompted=True), strict=True))
-            return [prompted.get(i, alone[i]) for i in rows]
+            return [-1 if i in refused else prompted.get(i, alone[i]) for i in rows]
 
         def accuracy(rows: list[int], answers: list[int]) -> float:
             right = sum(a == first[items[i].label] for a, i in zip(answers, rows, strict=True))
