@@ -606,3 +606,5 @@ def test_a_method_revision_makes_its_finished_cells_stale_and_leaves_the_others(
     monkeypatch.setattr(METHODS["ga"], "revision", METHODS["ga"].revision + 1)
     after = ids()
     assert after["ga"] != before["ga"] and after["spul"] == before["spul"]
+    # a method may date only some of its runs: gated SPUL's cells are revision 1, plain SPUL's are not
+    assert METHODS["spul"].revision_of({"gate": True}) == 1 and METHODS["spul"].revision_of({"p": 2}) == 0

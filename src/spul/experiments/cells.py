@@ -110,17 +110,18 @@ def _cell(kind: str, config: ExperimentConfig, model: ModelEntry, dataset: Datas
         }
         if run.check_retain is not None:  # (absent otherwise: earlier cells keep their ids)
             settings["check_retain"] = run.check_retain
-        if revision := method_revision(run.method):  # (likewise)
+        if revision := method_revision(run.method, kw["options"]):  # (likewise)
             settings["revision"] = revision
     rest = {k: v for k, v in kw.items() if k != "tau"}
     return Cell(kind, model, dataset, tau=tau, settings=settings, **rest)
 
 
-def method_revision(method: str) -> int:
-    """The method's revision (`Method.revision`); 0 for a name not registered (reported elsewhere)."""
+def method_revision(method: str, options: dict[str, Any]) -> int:
+    """The revision of the method's run with these options (`Method.revision_of`); 0 for a name not
+    registered (reported elsewhere)."""
     from spul.methods import METHODS
 
-    return METHODS[method].revision if method in METHODS else 0
+    return METHODS[method].revision_of(options) if method in METHODS else 0
 
 
 def without_defaults(

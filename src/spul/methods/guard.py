@@ -201,6 +201,7 @@ class EmbeddingGateMethod(GuardMethod):
 
     name = "gate"
     title = "Gate"
+    revision = 1  # 1: thresholds chosen on out-of-fold scores that read sentences and word runs, as served
     config_class = GateConfig
     trains_on = "a logistic regression on sentence embeddings, forget vs retain rows"
     objective = (

@@ -74,11 +74,6 @@ class SpulConfig(SoftPromptConfig):
         "gated SPUL: queries the gate scores above the level that at most this share [0, 1) of the retain "
         "training rows reach (out of fold) get the generic answer outright, not the prompt (0: none)",
     )
-    gate_focus: float = option(
-        0.0,
-        "gated SPUL: this share [0, 1) of each batch's retain rows is drawn from the retain training rows "
-        "the gate flags out of fold, the only retain queries the prompt is served (0: drawn uniformly)",
-    )
     check_rows: int = option(
         CHECK_ROWS,
         "training check: how many forget rows and held-out retain rows it scores (check_every > 0)",
@@ -107,8 +102,6 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_recall", self.gate_recall is None or self.gate, "given only with --gate")
         self.require("gate_refuse", 0 <= self.gate_refuse < 1, "in [0, 1)")
         self.require("gate_refuse", not self.gate_refuse or self.gate, "given only with --gate")
-        self.require("gate_focus", 0 <= self.gate_focus < 1, "in [0, 1)")
-        self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
@@ -123,13 +116,12 @@ class SpulConfig(SoftPromptConfig):
         if "kl_reference" not in out:
             del out["kl_top_k"]
         if not out["gate"]:
-            del out["gate"], out["gate_embedder"], out["gate_recall"], out["gate_refuse"], out["gate_focus"]
+            del out["gate"], out["gate_embedder"], out["gate_recall"], out["gate_refuse"]
         else:
             if out["gate_recall"] is None:
                 del out["gate_recall"]
-            for name in ("gate_refuse", "gate_focus"):
-                if not out[name]:
-                    del out[name]  # as before the option existed
+            if not out["gate_refuse"]:
+                del out["gate_refuse"]  # as before the option existed
         defaults = type(self)()  # terms off and the training check as it was: not recorded
         for name in ("label_uniform", "augment", "check_rows", "target_forget_acc", "target_retain_drop"):
             if out[name] == getattr(defaults, name):
@@ -150,6 +142,12 @@ class Spul(SoftPromptMethod):
     config_class = SpulConfig
     baseline = False
 
+    @classmethod
+    def revision_of(cls, options: dict[str, Any]) -> int:
+        """1 for gated SPUL (its gate's thresholds now chosen on out-of-fold scores that read sentences and
+        word runs, as served); plain SPUL's runs are as they were."""
+        return 1 if options.get("gate") else 0
+
     def __init__(self, *args, **kwargs):
         """SPUL over its soft prompt; the generic words' first tokens and the KL cache are set up once."""
         super().__init__(*args, **kwargs)
@@ -161,7 +159,6 @@ class Spul(SoftPromptMethod):
         self.gate_refused: list[bool] = []  # ... and whether it refuses the row out of fold
         self.check_flags: list[bool] = []  # ... and its flag of each check-only row (check_items)
         self.check_refused: list[bool] = []  # ... and whether it refuses it
-        self.focus_share = self.config.gate_focus
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label.
@@ -186,12 +183,9 @@ class Spul(SoftPromptMethod):
             self.gate_refused = self.gate_rule.gate.refusals(in_order).tolist()
         prompts = self.encoder.encode(texts)
         items = []
-        flagged = self.gate_flags or [False] * len(texts)
-        for prompt, label, forget, source, focus in zip(
-            prompts, labels, is_forget, sources, flagged, strict=True
-        ):
+        for prompt, label, forget, source in zip(prompts, labels, is_forget, sources, strict=True):
             answer = rng.choice(self.generic.token_ids) if forget else self.verbalizer.token_ids[label]
-            items.append(TrainItem(prompt, answer, forget, label, source, focus=focus and not forget))
+            items.append(TrainItem(prompt, answer, forget, label, source))
         return items
 
     def check_items(self, texts, labels):
