@@ -180,6 +180,10 @@ class EmbeddingGate:
         """True where the score reaches the threshold."""
         return self.scores(vectors) >= self.threshold
 
+    def bands(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where scores reach the flag threshold, and where they reach the refusal threshold."""
+        return np.asarray(scores) >= self.threshold, self.refusals(scores)
+
     def refusals(self, scores: np.ndarray) -> np.ndarray:
         """True where a score reaches the refusal threshold (none without one)."""
         if self.refuse_threshold is None:
@@ -278,8 +282,7 @@ class TextGate:
 
     def bands(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Each text's flag and refusal (its score reaches the refusal threshold), from one scoring."""
-        scores = self.scores(texts)
-        return scores >= self.gate.threshold, self.gate.refusals(scores)
+        return self.gate.bands(self.scores(texts))
 
 
 def piece_table(

@@ -179,8 +179,8 @@ class Spul(SoftPromptMethod):
             )
             in_order = np.zeros(len(texts))
             in_order[forget + retain] = scores  # the gate's scores come forget rows first
-            self.gate_flags = (in_order >= self.gate_rule.gate.threshold).tolist()
-            self.gate_refused = self.gate_rule.gate.refusals(in_order).tolist()
+            flags, refused = self.gate_rule.gate.bands(in_order)
+            self.gate_flags, self.gate_refused = flags.tolist(), refused.tolist()
         prompts = self.encoder.encode(texts)
         items = []
         for prompt, label, forget, source in zip(prompts, labels, is_forget, sources, strict=True):
