@@ -121,7 +121,6 @@ def test_option_names_are_the_config_fields():
         "gate_embedder",
         "gate_recall",
         "gate_refuse",
-        "gate_train_refused",
         "alpha",
         "beta",
         "label_uniform",

@@ -532,40 +532,6 @@ def test_gated_spul_gate_recall_sets_how_many_forget_rows_get_the_prompt(tiny_lm
         get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate_recall=0.5)
 
 
-def test_gated_spul_can_leave_refused_forget_rows_out_of_training(tiny_lm, toy, fake_embedder):
-    """`gate_train_refused=False`: the forget rows the gate refuses out of fold are items the batches
-    never hold (the check still scores them, as refused); retain rows are all trained on. It needs a
-    refusal band, and with the default every row is trained on."""
-    from spul.methods import get_method
-    from spul.prompting import Encoder, Template, Verbalizer
-    from spul.training import TrainConfig, train
-
-    template = Template()
-    words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
-    retain, forget = toy.train_retain, toy.train_forget
-    texts, labels = retain.texts + forget.texts, retain.labels + forget.labels
-    is_forget = [False] * len(retain) + [True] * len(forget)
-    encoder = Encoder(tiny_lm.tokenizer, template)
-    made = {}
-    for train_refused in (True, False):
-        options = {"gate": True, "gate_embedder": fake_embedder, "gate_refuse": 0.3}
-        method = get_method("spul")(tiny_lm, encoder, *words, **options, gate_train_refused=train_refused)
-        made[train_refused] = (method.items(texts, labels, is_forget, 0), method.gate_refused)
-    items, refused = made[False]
-    skipped = [i for i, it in enumerate(items) if it.untrained]
-    assert skipped and skipped == [i for i in range(len(items)) if is_forget[i] and refused[i]]
-    assert not any(it.untrained for it in made[True][0]) and made[True][1] == refused
-    assert sum(is_forget[i] and not refused[i] for i in range(len(items))) > 0
-    batched = set()
-    real_loss = method.loss
-    method.loss = lambda batch: batched.update(batch.batch.index) or real_loss(batch)
-    train(method, items, TrainConfig(epochs=3, batch_size=4, forget_share=0.5), show_progress=False)
-    assert batched and not batched & set(skipped)
-    assert {i for i in range(len(items)) if is_forget[i] and not refused[i]} <= batched  # an epoch: each once
-    with pytest.raises(SpulError, match="gate_train_refused"):
-        get_method("spul")(tiny_lm, encoder, *words, gate=True, gate_train_refused=False)
-
-
 def test_target_monitor_scores_held_rows_as_served_with_a_gate(monkeypatch):
     """The monitor evaluates held rows with the gated prompt's guard (apply_guard's own tests show a guard
     giving the prompt to flagged rows alone), and records each check's ACC and target."""

@@ -210,9 +210,8 @@ def train(
         check, held_out = made
     # References (e.g. the untrained model's answers) come before a checkpoint's weights are loaded.
     method.prepare(items, first=sorted(held_out))
-    # rows the check holds out (and check-only and untrained rows, with or without a check) are never
-    # trained on
-    trained = [i for i, it in enumerate(items) if i not in held_out and not (it.check_only or it.untrained)]
+    # rows the check holds out (and check-only rows, with or without a check) are never trained on
+    trained = [i for i, it in enumerate(items) if i not in held_out and not it.check_only]
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     plan = BatchPlan([items[i] for i in trained], config)

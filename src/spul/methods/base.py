@@ -29,7 +29,6 @@ class TrainItem:
     label: int | None = None  # the row's true label (methods that check forgetting keep it)
     source: int | None = None  # the training row it was made from (an augmented copy's original)
     check_only: bool = False  # scored by the training check, never trained on (Selection.check_retain)
-    untrained: bool = False  # a training row the method leaves out of the batches (the check may score it)
 
 
 @dataclass

@@ -220,9 +220,9 @@ class SoftPromptMethod(Method):
 
     def prepare(self, items, first: Sequence[int] = ()) -> None:
         """Suffix prompts: the text states and unprompted answer of as many rows as `text_cache_mb` holds
-        (`first`, then forget rows, then the rest; not the `untrained` ones), computed once (the frozen
-        model never changes them) in fixed length-sorted batches, so a resumed run sees the same values.
-        Other rows' states are computed at each step they are in."""
+        (`first`, then forget rows, then the rest), computed once (the frozen model never changes them) in
+        fixed length-sorted batches, so a resumed run sees the same values. Other rows' states are
+        computed at each step they are in."""
         c, model = self.config, self.lm.model
         if c.prompt_position != "suffix" or c.text_cache_mb == 0 or not uses_text_cache(model):
             return
@@ -231,12 +231,11 @@ class SoftPromptMethod(Method):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         per_token, per_row = 2 * config.num_hidden_layers * heads * head_dim * 4, config.vocab_size * 4
         sizes = [len(it.prompt) * per_token + per_row for it in items]
-        used = [i for i, it in enumerate(items) if not it.untrained]  # (never scored unprompted)
-        forget = [i for i in used if items[i].is_forget]
-        chosen = rows_that_fit(sizes, [*first, *forget, *used], c.text_cache_mb * 2**20)
-        if len(chosen) < len(used):
+        forget = [i for i, it in enumerate(items) if it.is_forget]
+        chosen = rows_that_fit(sizes, [*first, *forget, *range(len(items))], c.text_cache_mb * 2**20)
+        if len(chosen) < len(items):
             warn(
-                f"suffix prompt: the text states of {len(chosen)} of {len(used)} rows fit in "
+                f"suffix prompt: the text states of {len(chosen)} of {len(items)} rows fit in "
                 f"text_cache_mb {c.text_cache_mb}; the others are read again at each step"
             )
         with progress_bar("text states", total=len(chosen)) as advance:

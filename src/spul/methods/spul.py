@@ -74,11 +74,6 @@ class SpulConfig(SoftPromptConfig):
         "gated SPUL: queries the gate scores above the level that at most this share [0, 1) of the retain "
         "training rows reach (out of fold) get the generic answer outright, not the prompt (0: none)",
     )
-    gate_train_refused: bool = option(
-        True,
-        "gated SPUL: also train the prompt on the forget rows the gate refuses out of fold (false: only on "
-        "those it would answer, the rows the prompt is served)",
-    )
     check_rows: int = option(
         CHECK_ROWS,
         "training check: how many forget rows and held-out retain rows it scores (check_every > 0)",
@@ -107,9 +102,6 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_recall", self.gate_recall is None or self.gate, "given only with --gate")
         self.require("gate_refuse", 0 <= self.gate_refuse < 1, "in [0, 1)")
         self.require("gate_refuse", not self.gate_refuse or self.gate, "given only with --gate")
-        self.require(
-            "gate_train_refused", self.gate_train_refused or self.gate_refuse, "false only with gate_refuse"
-        )
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
@@ -125,10 +117,7 @@ class SpulConfig(SoftPromptConfig):
             del out["kl_top_k"]
         if not out["gate"]:
             del out["gate"], out["gate_embedder"], out["gate_recall"], out["gate_refuse"]
-            del out["gate_train_refused"]
         else:
-            if out["gate_train_refused"]:
-                del out["gate_train_refused"]
             if out["gate_recall"] is None:
                 del out["gate_recall"]
             if not out["gate_refuse"]:
@@ -194,15 +183,9 @@ class Spul(SoftPromptMethod):
             self.gate_flags, self.gate_refused = flags.tolist(), refused.tolist()
         prompts = self.encoder.encode(texts)
         items = []
-        untrained = [False] * len(texts)
-        if self.gate_flags is not None and not self.config.gate_train_refused:
-            untrained = [f and r for f, r in zip(is_forget, self.gate_refused, strict=True)]
-            if sum(untrained) == sum(is_forget):  # the gate refuses every forget row: train on them all
-                untrained = [False] * len(texts)
-        rows = zip(prompts, labels, is_forget, sources, untrained, strict=True)
-        for prompt, label, forget, source, skip in rows:
+        for prompt, label, forget, source in zip(prompts, labels, is_forget, sources, strict=True):
             answer = rng.choice(self.generic.token_ids) if forget else self.verbalizer.token_ids[label]
-            items.append(TrainItem(prompt, answer, forget, label, source, untrained=skip))
+            items.append(TrainItem(prompt, answer, forget, label, source))
         return items
 
     def check_items(self, texts, labels):
