@@ -645,3 +645,22 @@ def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(
         alone = evaluate(tiny_lm, toy, show_progress=False)
         for split in toy.splits:
             assert rows["Fine-tuned"][split] == pytest.approx(alone[split], abs=1e-6)
+
+
+def test_a_gate_embeds_its_training_texts_in_the_embedders_own_parts():
+    """Fitting a gate embeds in parts of EMBED_PART texts (sentence_embedder's chunk, so the vectors are
+    those of one call) with progress; the parts join back to one call's vectors, in order."""
+    from spul.data.builders.cluster import sentence_embedder
+    from spul.methods.guard import EMBED_PART, _in_parts
+
+    assert EMBED_PART == sentence_embedder.__defaults__[-1]  # `chunk`, the embedder's own part size
+    texts = [f"review number {i} says {'good' if i % 3 else 'bad'}" for i in range(2 * EMBED_PART + 7)]
+    sizes = []
+
+    def embed(part):
+        sizes.append(len(part))
+        return hashing_embedder(part)
+
+    joined = np.concatenate(list(_in_parts(embed, texts, "test")))
+    assert sizes == [EMBED_PART, EMBED_PART, 7]
+    assert np.array_equal(joined, hashing_embedder(texts))

@@ -26,6 +26,7 @@ from spul.guardrails import (
     EMBEDDERS,
     GENERIC,
     MINILM,
+    Embedder,
     EmbeddingGate,
     Flagger,
     Guard,
@@ -39,6 +40,7 @@ from spul.methods.base import Method, TrainBatch, register
 from spul.methods.config import UntrainedConfig, option
 from spul.methods.kinds import ArtifactKind, Attached, register_kind
 from spul.models import LoadedModel
+from spul.progress import progress_bar
 from spul.prompting import Template, Verbalizer
 
 GUARD_FILE = "guard.json"
@@ -192,6 +194,7 @@ class GateConfig(UntrainedConfig):
 # words per run a fitted gate also scores: appended words or an instruction after the text, with no sentence
 # break, dilute the whole text's embedding, not a run of the text's own words (docs/results.md, "Word runs")
 GATE_WINDOW = 8
+EMBED_PART = 1024  # texts per embedder call while fitting a gate (sentence_embedder's own chunk)
 
 
 # Same shape as KeywordFilterMethod: the registry's class attributes and a build(); only the values differ.
@@ -246,7 +249,9 @@ def fit_text_gate(
     embed = get_embedder(embedder)
     texts = forget + retain
     unique, inverse, owner = piece_table(texts, True, GATE_WINDOW)
-    vectors = np.asarray(embed(unique))[inverse]  # the texts come first, in order
+    vectors = np.concatenate(  # the texts come first, in order
+        [np.asarray(part) for part in _in_parts(embed, unique, "gate: embed")]
+    )[inverse]
     n = len(texts)
     gate, scores = EmbeddingGate.fit_out_of_fold(
         vectors[: len(forget)],
@@ -260,6 +265,16 @@ def fit_text_gate(
     )
     gate.embedder_name, gate.sentences, gate.window = embedder, True, GATE_WINDOW
     return TextGate(gate, embed), scores
+
+
+def _in_parts(embed: Embedder, texts: list[str], description: str):
+    """`embed` over `texts` in parts of EMBED_PART, with a progress bar. The MiniLM embedder encodes in
+    parts of the same size, so the vectors are exactly those of one call."""
+    with progress_bar(description, len(texts)) as advance:
+        for start in range(0, len(texts), EMBED_PART):
+            part = texts[start : start + EMBED_PART]
+            yield embed(part)
+            advance(len(part))
 
 
 def write_guard(folder: Path, rule: str, action: str) -> None:
