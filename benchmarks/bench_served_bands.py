@@ -59,7 +59,7 @@ def main() -> None:
             unlearned.verbalizer,
             split.texts,
             split.labels,
-            unlearned._prefix(),
+            unlearned.prefix_fn,
             description=name,
         )
         answers = served(prompted, split.texts, unlearned.guard, unlearned.withhold, plain)
