@@ -21,6 +21,7 @@ from spul.data.presets import load_data
 from spul.data.selection import parse_limit, trained_selection
 from spul.engine import score_with_and_without
 from spul.evaluation import served
+from spul.guardrails import PROMPT
 from spul.metrics import label_only_metrics
 from spul.unlearned import load_unlearned
 
@@ -42,8 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     limit = parse_limit(args.limit)
     unlearned = load_unlearned(args.prompt)
-    if unlearned.guard is None:
-        raise SystemExit(f"{args.prompt}: not a gated prompt (no gate)")
+    if unlearned.guard is None or unlearned.guard.action != PROMPT:
+        raise SystemExit(f"{args.prompt}: not a gated prompt (gated SPUL's prompt and gate)")
     selection = trained_selection(read_manifest(args.prompt), args.data)
     if selection is None:
         raise SystemExit(f"{args.prompt}: not trained on --data {args.data} alone")
