@@ -6,10 +6,10 @@
 # forget rows (the table's train-forget rows are the 200 the fine-tune saw: the same seeded sample).
 # The fine-tune is one epoch (batch 8). The gate flags 90 % of the forget training rows (out of fold;
 # fewer retain queries then see the prompt) and refuses outright (the generic answer, no prompt) what it
-# scores above the level 2 % of the retain training rows reach. SPUL checks its target every 10 steps on 200 forget rows and
-# 200 retain rows from outside the training rows (forget ACC <= 20 %, retain within 3 points; the prompt
-# never trains on those retain rows) and stops there; its budget is one epoch (179 steps), else it keeps
-# the weights of the check nearest the target. Training stages
+# scores above the level 2 % of the retain training rows reach. SPUL checks its target every 10 steps on
+# 200 forget rows and 200 retain rows from outside the training rows (forget ACC <= 20 %, retain within 3
+# points; the prompt never trains on those retain rows) and stops there; its budget is one epoch (179
+# steps), else it keeps the weights of the check nearest the target. Training stages
 # show a quick table on 50 rows per split; the final table is on 200 rows per split.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -93,6 +93,37 @@ def test_uniform_plan_is_the_old_epoch_order():
     assert plan.rows(4) == epoch_order(25, 2, 1)[:8]
 
 
+def test_focus_share_draws_that_share_of_retain_rows_from_the_focus_rows():
+    items = _items(200, 30)
+    for i in range(10):
+        items[i].focus = True
+    plan = BatchPlan(items, TrainConfig(batch_size=16, forget_share=0.5, seed=3), focus_share=0.5)
+    focus_seen, other_seen = [], []
+    for step in range(40):
+        rows = plan.rows(step)
+        retain = [r for r in rows if not items[r].is_forget]
+        assert len(retain) == 8 and len(rows) - len(retain) == len([r for r in rows if items[r].is_forget])
+        focus_seen += retain[4:]
+        other_seen += retain[:4]
+    assert all(items[r].focus for r in focus_seen)  # the focus half of every batch
+    # each focus row once per pass over them (10 rows, 4 a step: 160 draws = 16 passes)
+    assert sorted(focus_seen[:10]) == list(range(10)) and focus_seen.count(0) == 16
+    assert len(set(other_seen)) == len(other_seen)  # the rest: passes over all retain rows, as before
+    # share 0, or no row marked: the plan as it was without focus rows, step for step
+    before = BatchPlan(_items(200, 30), TrainConfig(batch_size=16, forget_share=0.5, seed=3))
+    share0 = BatchPlan(items, TrainConfig(batch_size=16, forget_share=0.5, seed=3))
+    unmarked = BatchPlan(
+        _items(200, 30), TrainConfig(batch_size=16, forget_share=0.5, seed=3), focus_share=0.5
+    )
+    assert [share0.rows(s) for s in range(5)] == [before.rows(s) for s in range(5)]
+    assert [unmarked.rows(s) for s in range(5)] == [before.rows(s) for s in range(5)]
+    assert [plan.rows(s) for s in range(5)] != [before.rows(s) for s in range(5)]
+    with pytest.raises(SpulError, match="balanced batches"):
+        BatchPlan(items, TrainConfig(batch_size=16, seed=3), focus_share=0.5)
+    with pytest.raises(SpulError, match="focus share"):
+        BatchPlan(items, TrainConfig(batch_size=16, forget_share=0.5), focus_share=1.0)
+
+
 def test_bad_forget_share_is_refused():
     with pytest.raises(SpulError, match="forget_share"):
         BatchPlan(_items(4, 4), TrainConfig(forget_share=1.5))
@@ -526,6 +557,16 @@ def test_gated_spul_gate_recall_sets_how_many_forget_rows_get_the_prompt(tiny_lm
         else:
             assert "gate_recall" not in method.config.hyperparameters()  # older manifests stay the same
     assert shares[1.0] == 1.0
+    # gate_focus: the retain rows the gate flags out of fold are the items a batch draws more of
+    method = get_method("spul")(
+        tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options, gate_focus=0.5
+    )
+    items = method.items(texts, labels, is_forget, 0)
+    assert method.focus_share == 0.5 and method.config.hyperparameters()["gate_focus"] == 0.5
+    flagged_retain = [f and not forget for f, forget in zip(method.gate_flags, is_forget, strict=True)]
+    assert [it.focus for it in items] == flagged_retain
+    with pytest.raises(SpulError, match="gate_focus"):
+        get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate_focus=0.5)
     with pytest.raises(SpulError, match="gate_recall"):
         get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate=True, gate_recall=0.0)
     with pytest.raises(SpulError, match="only with --gate"):

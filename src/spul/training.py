@@ -91,32 +91,52 @@ class BatchPlan:
     Uniform: each epoch is a shuffled pass over all items. Balanced (`forget_share`): every batch holds
     `round(share * batch_size)` forget rows (an epoch is one pass over them) and retain rows for the rest,
     taken in turn from shuffled passes over all retain rows, so a large retain split costs nothing extra.
+    With `focus_share` (balanced batches only), that share of a batch's retain rows is taken in turn from
+    passes over the retain items marked `focus`, the rest from all retain rows as before.
     """
 
-    def __init__(self, items: list[TrainItem], config: TrainConfig):
+    def __init__(self, items: list[TrainItem], config: TrainConfig, focus_share: float = 0.0):
         self.config = config
         self.forget = [i for i, it in enumerate(items) if it.is_forget]
         self.retain = [i for i, it in enumerate(items) if not it.is_forget]
+        self.focus = [i for i in self.retain if items[i].focus]
         self.n = len(items)
         share = config.forget_share
         if share is not None and not 0 < share < 1:
             raise SpulError(f"forget_share {share}: expected a fraction between 0 and 1")
+        if not 0 <= focus_share < 1:
+            raise SpulError(f"focus share {focus_share}: expected a fraction in [0, 1)")
         self.balanced = share is not None and bool(self.forget) and bool(self.retain)
+        self.n_focus = 0
         if self.balanced:
             self.n_forget = min(config.batch_size - 1, max(1, round(share * config.batch_size)))
             self.n_retain = config.batch_size - self.n_forget
             self.steps_per_epoch = math.ceil(len(self.forget) / self.n_forget)
+            if focus_share and self.focus:  # none marked: every retain row is drawn alike
+                self.n_focus = min(self.n_retain - 1, max(1, round(focus_share * self.n_retain)))
         else:
+            if focus_share:
+                raise SpulError(
+                    "a focus share needs balanced batches (forget_share) with forget and retain rows"
+                )
             self.steps_per_epoch = math.ceil(self.n / config.batch_size)
         self._orders: dict[str, tuple[int, list[int]]] = {}
 
     def _order(self, what: str, rows: list[int], k: int) -> list[int]:
         """Pass `k` over `rows`, shuffled (only the latest pass of each kind is kept)."""
         if self._orders.get(what, (None,))[0] != k:
-            salt = {"all": 0, "forget": 1, "retain": 2}[what]  # "all" keeps the uniform order of old runs
+            salt = {"all": 0, "forget": 1, "retain": 2, "focus": 3}[what]  # "all": old runs' uniform order
             order = epoch_order(len(rows), self.config.seed + 7919 * salt, k)
             self._orders[what] = (k, [rows[i] for i in order])
         return self._orders[what][1]
+
+    def _stream(self, what: str, rows: list[int], start: int, count: int) -> list[int]:
+        """Items `start`..`start + count` of the endless sequence of shuffled passes over `rows`."""
+        out = []
+        for k in range(start, start + count):
+            passes, pos = divmod(k, len(rows))
+            out.append(self._order(what, rows, passes)[pos])
+        return out
 
     def rows(self, step: int) -> list[int]:
         """The item indices of the batch at `step` (0-based)."""
@@ -127,11 +147,10 @@ class BatchPlan:
             return order[offset * size : (offset + 1) * size]
         n_forget = self.n_forget
         forget = self._order("forget", self.forget, epoch)[offset * n_forget : (offset + 1) * n_forget]
-        retain = []
-        start = step * self.n_retain
-        for k in range(start, start + self.n_retain):
-            passes, pos = divmod(k, len(self.retain))
-            retain.append(self._order("retain", self.retain, passes)[pos])
+        n_plain = self.n_retain - self.n_focus
+        retain = self._stream("retain", self.retain, step * n_plain, n_plain)
+        if self.n_focus:
+            retain += self._stream("focus", self.focus, step * self.n_focus, self.n_focus)
         return forget + retain
 
 
@@ -141,7 +160,7 @@ def run_fingerprint(config: TrainConfig, method: Method, items: list[TrainItem])
         json.dumps([asdict(config), method.name, method.hyperparameters()], default=str).encode()
     )
     for it in items:
-        h.update(repr((it.prompt, it.answer, it.is_forget)).encode())
+        h.update(repr((it.prompt, it.answer, it.is_forget, it.focus)).encode())
     return h.hexdigest()
 
 
@@ -214,7 +233,7 @@ def train(
     trained = [i for i, it in enumerate(items) if i not in held_out and not it.check_only]
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    plan = BatchPlan([items[i] for i in trained], config)
+    plan = BatchPlan([items[i] for i in trained], config, method.focus_share)
     steps_per_epoch = plan.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
