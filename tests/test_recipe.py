@@ -559,12 +559,14 @@ def test_gated_spul_gate_recall_sets_how_many_forget_rows_get_the_prompt(tiny_lm
     assert shares[1.0] == 1.0
     # gate_focus: the retain rows the gate flags out of fold are the items a batch draws more of
     method = get_method("spul")(
-        tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options, gate_focus=0.5
+        tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options, gate_refuse=0.1, gate_focus=0.5
     )
     items = method.items(texts, labels, is_forget, 0)
     assert method.focus_share == 0.5 and method.config.hyperparameters()["gate_focus"] == 0.5
-    flagged_retain = [f and not forget for f, forget in zip(method.gate_flags, is_forget, strict=True)]
-    assert [it.focus for it in items] == flagged_retain
+    served = list(zip(method.gate_flags, method.gate_refused, is_forget, strict=True))
+    flagged_retain = [f and not r and not forget for f, r, forget in served]
+    assert any(flagged_retain) and [it.focus for it in items] == flagged_retain
+    assert any(r and not forget for _, r, forget in served)  # a refused retain row is never focused
     with pytest.raises(SpulError, match="gate_focus"):
         get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate_focus=0.5)
     with pytest.raises(SpulError, match="gate_recall"):

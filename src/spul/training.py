@@ -160,7 +160,8 @@ def run_fingerprint(config: TrainConfig, method: Method, items: list[TrainItem])
         json.dumps([asdict(config), method.name, method.hyperparameters()], default=str).encode()
     )
     for it in items:
-        h.update(repr((it.prompt, it.answer, it.is_forget, it.focus)).encode())
+        key = (it.prompt, it.answer, it.is_forget) + ((True,) if it.focus else ())  # (older runs: no focus)
+        h.update(repr(key).encode())
     return h.hexdigest()
 
 

@@ -29,6 +29,7 @@ class TrainItem:
     label: int | None = None  # the row's true label (methods that check forgetting keep it)
     source: int | None = None  # the training row it was made from (an augmented copy's original)
     check_only: bool = False  # scored by the training check, never trained on (Selection.check_retain)
+    focus: bool = False  # a retain row drawn more often (gated SPUL: one its gate serves the prompt)
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Method(ABC):
     # Raised when a change makes what the method trained or scored before stale: part of an experiment
     # cell's id when above 0, so finished cells of an earlier revision run again.
     revision: ClassVar[int] = 0
+    # share of a balanced batch's retain rows drawn from the items marked `focus` (training.BatchPlan)
+    focus_share: float = 0.0
 
     @classmethod
     def revision_of(cls, options: dict[str, Any]) -> int:

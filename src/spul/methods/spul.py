@@ -74,6 +74,12 @@ class SpulConfig(SoftPromptConfig):
         "gated SPUL: queries the gate scores above the level that at most this share [0, 1) of the retain "
         "training rows reach (out of fold) get the generic answer outright, not the prompt (0: none)",
     )
+    gate_focus: float = option(
+        0.0,
+        "gated SPUL: this share [0, 1) of each batch's retain rows is drawn from the retain training rows "
+        "the gate sends to the prompt out of fold (flagged, not refused), the only retain queries the "
+        "prompt is served (0: drawn uniformly)",
+    )
     check_rows: int = option(
         CHECK_ROWS,
         "training check: how many forget rows and held-out retain rows it scores (check_every > 0)",
@@ -102,6 +108,8 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_recall", self.gate_recall is None or self.gate, "given only with --gate")
         self.require("gate_refuse", 0 <= self.gate_refuse < 1, "in [0, 1)")
         self.require("gate_refuse", not self.gate_refuse or self.gate, "given only with --gate")
+        self.require("gate_focus", 0 <= self.gate_focus < 1, "in [0, 1)")
+        self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
@@ -116,12 +124,13 @@ class SpulConfig(SoftPromptConfig):
         if "kl_reference" not in out:
             del out["kl_top_k"]
         if not out["gate"]:
-            del out["gate"], out["gate_embedder"], out["gate_recall"], out["gate_refuse"]
+            del out["gate"], out["gate_embedder"], out["gate_recall"], out["gate_refuse"], out["gate_focus"]
         else:
             if out["gate_recall"] is None:
                 del out["gate_recall"]
-            if not out["gate_refuse"]:
-                del out["gate_refuse"]  # as before the option existed
+            for name in ("gate_refuse", "gate_focus"):
+                if not out[name]:
+                    del out[name]  # as before the option existed
         defaults = type(self)()  # terms off and the training check as it was: not recorded
         for name in ("label_uniform", "augment", "check_rows", "target_forget_acc", "target_retain_drop"):
             if out[name] == getattr(defaults, name):
@@ -159,6 +168,7 @@ class Spul(SoftPromptMethod):
         self.gate_refused: list[bool] = []  # ... and whether it refuses the row out of fold
         self.check_flags: list[bool] = []  # ... and its flag of each check-only row (check_items)
         self.check_refused: list[bool] = []  # ... and whether it refuses it
+        self.focus_share = self.config.gate_focus
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label.
@@ -183,9 +193,15 @@ class Spul(SoftPromptMethod):
             self.gate_flags, self.gate_refused = flags.tolist(), refused.tolist()
         prompts = self.encoder.encode(texts)
         items = []
-        for prompt, label, forget, source in zip(prompts, labels, is_forget, sources, strict=True):
+        # the retain rows the prompt is served: flagged by the gate and not refused
+        served = [False] * len(texts)
+        if self.gate_flags is not None:
+            served = [f and not r for f, r in zip(self.gate_flags, self.gate_refused, strict=True)]
+        for prompt, label, forget, source, focus in zip(
+            prompts, labels, is_forget, sources, served, strict=True
+        ):
             answer = rng.choice(self.generic.token_ids) if forget else self.verbalizer.token_ids[label]
-            items.append(TrainItem(prompt, answer, forget, label, source))
+            items.append(TrainItem(prompt, answer, forget, label, source, focus=focus and not forget))
         return items
 
     def check_items(self, texts, labels):
