@@ -222,6 +222,9 @@ def test_unlearn_refuses_recipe_misuse_and_nonpositive_training_flags_before_loa
         assert result.exit_code == 2 and f"{flag} must be > 0" in result.output, result.output
     result = runner.invoke(app, ["unlearn", "--recipe", "nope", "--model", "/nonexistent"])
     assert result.exit_code == 2 and "unknown recipe" in result.output
+    args = ["--recipe", "paper", "--gate", "--method-args", "gate_focus=0.5", "--model", "/nonexistent"]
+    result = runner.invoke(app, ["unlearn", *args])
+    assert result.exit_code == 2 and "gate_focus 0.5" in result.output and "--recipe paper" in result.output
     for args in (["--method", "ga", "--check-every", "5"], ["--check-every", "-1"]):
         result = runner.invoke(app, ["unlearn", *args, "--model", "/nonexistent"])
         assert result.exit_code == 2 and "--check-every" in result.output and "SPUL option" in result.output
