@@ -309,10 +309,9 @@ def unlearn_cmd(
 
         options = recipe_settings(recipe)[0] | options
     method_class.resolve(options)  # the method's own rules (e.g. --p >= 1), before anything loads
-    if options.get("gate_focus") and config.forget_share is None:
+    if options.get("gate_focus") and config.forget_share is None:  # (balanced batches: forget_share)
         raise SpulError(
-            f"gate_focus {options['gate_focus']}: draws from balanced batches (the fast recipe's "
-            f"forget_share); --recipe {recipe} has none"
+            f"gate_focus {options['gate_focus']}: needs balanced batches; --recipe {recipe} has none"
         )
     if method_class.from_untouched_model and adapter is not None:
         note(f"note: {method} starts from the untouched model; --adapter {adapter} is not used")

@@ -77,8 +77,7 @@ class SpulConfig(SoftPromptConfig):
     gate_focus: float = option(
         0.0,
         "gated SPUL: this share [0, 1) of each batch's retain rows is drawn from the retain training rows "
-        "the gate sends to the prompt out of fold (flagged, not refused), the only retain queries the "
-        "prompt is served (0: drawn uniformly)",
+        "the gate serves the prompt out of fold (flagged, not refused; 0: drawn uniformly)",
     )
     check_rows: int = option(
         CHECK_ROWS,
@@ -125,12 +124,9 @@ class SpulConfig(SoftPromptConfig):
             del out["kl_top_k"]
         if not out["gate"]:
             del out["gate"], out["gate_embedder"], out["gate_recall"], out["gate_refuse"], out["gate_focus"]
-        else:
-            if out["gate_recall"] is None:
-                del out["gate_recall"]
-            for name in ("gate_refuse", "gate_focus"):
-                if not out[name]:
-                    del out[name]  # as before the option existed
+        for name in ("gate_recall", "gate_refuse", "gate_focus"):
+            if name in out and not out[name]:  # None or 0: as before the option existed
+                del out[name]
         defaults = type(self)()  # terms off and the training check as it was: not recorded
         for name in ("label_uniform", "augment", "check_rows", "target_forget_acc", "target_retain_drop"):
             if out[name] == getattr(defaults, name):
@@ -192,16 +188,14 @@ class Spul(SoftPromptMethod):
             flags, refused = self.gate_rule.gate.bands(in_order)
             self.gate_flags, self.gate_refused = flags.tolist(), refused.tolist()
         prompts = self.encoder.encode(texts)
-        items = []
-        # the retain rows the prompt is served: flagged by the gate and not refused
-        served = [False] * len(texts)
-        if self.gate_flags is not None:
-            served = [f and not r for f, r in zip(self.gate_flags, self.gate_refused, strict=True)]
-        for prompt, label, forget, source, focus in zip(
-            prompts, labels, is_forget, sources, served, strict=True
+        items, none = [], [False] * len(texts)
+        flags, refused = self.gate_flags or none, self.gate_refused or none
+        for prompt, label, forget, source, flag, refuse in zip(
+            prompts, labels, is_forget, sources, flags, refused, strict=True
         ):
             answer = rng.choice(self.generic.token_ids) if forget else self.verbalizer.token_ids[label]
-            items.append(TrainItem(prompt, answer, forget, label, source, focus=focus and not forget))
+            focus = flag and not refuse and not forget  # a retain row the prompt is served
+            items.append(TrainItem(prompt, answer, forget, label, source, focus=focus))
         return items
 
     def check_items(self, texts, labels):
@@ -355,13 +349,11 @@ class Spul(SoftPromptMethod):
         return answer_kl_topk(logits, ref_logq, ref_ids, ref_batch.targets)
 
 
-# Named recipes: option and training overrides over SPUL's defaults (which are the paper's method
-# settings). "paper" is the paper's reference setting (P-tuning p 30 before the text, lr 1e-4, clip 0.3,
-# batch 32, AdamW + cosine, a random generic word, a recomputed KL reference, 10 epochs). "fast", the
-# default of `spul unlearn`, bundles the levers measured by benchmarks/bench_forgetting.py (docs/results.md):
-# a 10-token prompt after the text and before the answer cue (the text is read once without gradients and
-# the KL reference comes with it), balanced batches, the generic-set loss, and a check on training rows
-# every 5 steps that keeps the best weights and stops at the target.
+# Named recipes: overrides of SPUL's defaults (the paper's method settings). "paper": the paper's reference
+# (P-tuning p 30 before the text, lr 1e-4, clip 0.3, batch 32, AdamW + cosine, a random generic word, a
+# recomputed KL reference, 10 epochs). "fast", `spul unlearn`'s default, the levers measured by
+# benchmarks/bench_forgetting.py: a 10-token prompt after the text (read once; the KL reference comes with
+# it), balanced batches, the generic-set loss, a check every 5 steps (best weights kept, stops at the target).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "method": {"forget_loss": "random", "kl_reference": "recompute"},
