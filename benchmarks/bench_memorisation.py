@@ -5,7 +5,8 @@ unlearning), so an audit of it cannot show that unlearning removed any. Here the
 a small training set at lr 1e-3, so train rows separate from test rows (label-word NLL AUC 0.70 on the forget
 pair, docs/results.md; lr 3e-4 gave 0.63). Then:
 
-1. SPUL (the default recipe) on the same rows, from that fine-tune;
+1. SPUL (the default recipe; `--spul-args` adds options, e.g. gated SPUL) on the same rows, from that
+   fine-tune;
 2. `retrain`: the same LoRA fine-tune on the retain rows alone (the model that never saw the forget set);
 3. `spul audit` of both on the same member / non-member rows (no adaptive attack: this is about MIA);
 4. a MUSE-style PrivLeak per score: (AUC of the model - AUC of the retrained model) / AUC of the retrained
@@ -14,12 +15,15 @@ pair, docs/results.md; lr 3e-4 gave 0.63). Then:
 Each step is skipped when its output exists (rerun to resume). Writes OUT/memorisation.{json,md}.
 
     python benchmarks/bench_memorisation.py --out runs/memorisation --data-dir ../shared/data
+    python benchmarks/bench_memorisation.py --out runs/memorisation-gated --data-dir ../shared/data \
+        --spul-args "--gate --method-args gate_recall=0.9,gate_refuse=0.02"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -50,6 +54,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="fine-tune (and retrain) epochs")
     parser.add_argument("--lr", type=float, default=1e-3)  # 3e-4 left forget AUC at 0.63
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spul-args", default="", help="extra `spul unlearn` options for the SPUL step")
     args = parser.parse_args()
     from spul.audit.mia import SCORE_TITLES  # here: --help stays free of heavy imports
 
@@ -63,7 +68,8 @@ def main() -> None:
     seconds = {}
     steps = {
         "finetuned": ["finetune", *model, *data, *rows, *fit],
-        "spul": ["unlearn", *model, "--adapter", str(out / "finetuned"), *data, *rows],
+        "spul": ["unlearn", *model, "--adapter", str(out / "finetuned"), *data, *rows]
+        + shlex.split(args.spul_args),
         "retrain": ["unlearn", "--method", "retrain", *model, *data, *rows, *fit],
     }
     for name, command in steps.items():
