@@ -87,7 +87,8 @@ def main() -> None:
         audits[name] = json.loads((folder / "audit.json").read_text())
     retrained = audits["retrain"]["mia"]["unlearned"]["forget"]
     models = {"fine-tuned": audits["spul"]["mia"]["fine_tuned"]["forget"]}
-    models |= {"SPUL": audits["spul"]["mia"]["unlearned"]["forget"], "retrain": retrained}
+    title = "gated SPUL" if "--gate" in shlex.split(args.spul_args) else "SPUL"
+    models |= {title: audits["spul"]["mia"]["unlearned"]["forget"], "retrain": retrained}
     table = {
         model: {
             score: {
