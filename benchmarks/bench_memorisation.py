@@ -65,11 +65,11 @@ def main() -> None:
     rows = ["--limit", f"train_retain={args.retain},train_forget={args.forget}", "--eval-limit", "16"]
     model = ["--model", args.model]
     fit = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", "16"]
+    spul_extra = shlex.split(args.spul_args)
     seconds = {}
     steps = {
         "finetuned": ["finetune", *model, *data, *rows, *fit],
-        "spul": ["unlearn", *model, "--adapter", str(out / "finetuned"), *data, *rows]
-        + shlex.split(args.spul_args),
+        "spul": ["unlearn", *model, "--adapter", str(out / "finetuned"), *data, *rows, *spul_extra],
         "retrain": ["unlearn", "--method", "retrain", *model, *data, *rows, *fit],
     }
     for name, command in steps.items():
@@ -87,7 +87,7 @@ def main() -> None:
         audits[name] = json.loads((folder / "audit.json").read_text())
     retrained = audits["retrain"]["mia"]["unlearned"]["forget"]
     models = {"fine-tuned": audits["spul"]["mia"]["fine_tuned"]["forget"]}
-    title = "gated SPUL" if "--gate" in shlex.split(args.spul_args) else "SPUL"
+    title = "gated SPUL" if "--gate" in spul_extra else "SPUL"
     models |= {title: audits["spul"]["mia"]["unlearned"]["forget"], "retrain": retrained}
     table = {
         model: {
