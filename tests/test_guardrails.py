@@ -264,6 +264,52 @@ def test_a_gated_prompt_refuses_what_its_gate_scores_above_the_refusal_threshold
     assert not Guard(KeywordFilter(("sandler",)), PROMPT).bands(texts)[1].any()
 
 
+def test_queries_answered_generic_whatever_the_model_says_never_reach_the_model(monkeypatch):
+    """`guarded_score` (what evaluate, the audit and the service call) scores only the queries whose answer
+    the model decides: a gated prompt's refused ones and a generic guard's flagged ones cost the rule alone,
+    and every query still gets the answer it got when all were scored."""
+    import spul.evaluation
+
+    scored: list[list[str]] = []
+
+    def answers(texts, answer):  # every text answered `answer` with probability 0.8
+        n, probs = len(texts), [[0.2, 0.8]] if answer else [[0.8, 0.2]]
+        return Scores(np.full(n, answer, dtype=np.int64), np.log(np.tile(probs, (n, 1))), np.ones(n))
+
+    def fake_score(lm, encoder, verbalizer, texts, labels, prefix_fn=None, **options):
+        scored.append(list(texts))
+        return answers(texts, 0)
+
+    def fake_pair(lm, encoder, verbalizer, texts, labels, prefix_fn, **options):  # (prompted, alone)
+        scored.append(list(texts))
+        return answers(texts, 1), answers(texts, 0)
+
+    monkeypatch.setattr(spul.evaluation, "score", fake_score)
+    monkeypatch.setattr(spul.evaluation, "score_with_and_without", fake_pair)
+
+    def embed(texts):  # the share of the words that are "sandler"
+        return np.array([[t.lower().split().count("sandler") / len(t.split()), 1.0] for t in texts])
+
+    gate = EmbeddingGate(np.array([1.0, 0.0], dtype=np.float32), 0.0, 0.3, refuse_threshold=0.6)
+    texts = ["sandler sandler film", "a sandler film", "a fine film"]
+
+    def served(guard):
+        scored.clear()
+        return spul.evaluation.guarded_score(
+            None, None, None, texts, [1, 1, 0], prefix_fn=lambda: None, guard=guard
+        )
+
+    gated = served(Guard(TextGate(gate, embed), PROMPT))
+    assert gated.predicted.tolist() == [OTHER, 1, 0] and np.allclose(gated.logprobs[0], np.log(0.5))
+    assert np.allclose(gated.loss[0], np.log(2)) and gated.loss[1:].tolist() == [1.0, 1.0]
+    assert scored[0] == texts[1:]  # the refused query is never scored
+    filtered = served(Guard(KeywordFilter(("sandler",))))
+    assert filtered.predicted.tolist() == [OTHER, OTHER, 0] and scored == [texts[2:]]
+    everything = served(Guard(KeywordFilter(("nobody",))))
+    assert everything.predicted.tolist() == [0, 0, 0] and scored == [texts]
+    assert served(Guard(KeywordFilter(("film",)))).predicted.tolist() == [OTHER] * 3 and scored == [[]]
+
+
 def test_answer_policy_withholds_the_label_probabilities_of_generic_answers():
     """An unlearned model's generic answer comes with uniform label probabilities (label-only ACC: a fair
     coin, margin AUC 0.5 on those rows); label answers keep theirs; the input is not changed."""

@@ -171,6 +171,15 @@ class Scores:
     logprobs: np.ndarray  # [N, K] log P(label word k | prompt)
     loss: np.ndarray  # [N] -log P(true label word | prompt)
 
+    def placed(self, rows: np.ndarray, n: int) -> Scores:
+        """These scores (of `rows` of `n` texts, in order) in an `n`-row Scores; the other rows answer
+        OTHER with zero log-probabilities and loss (placeholders for rows never scored)."""
+        predicted = np.full(n, OTHER, dtype=np.int64)
+        logprobs = np.zeros((n, self.logprobs.shape[1]), dtype=np.float64)
+        loss = np.zeros(n, dtype=np.float64)
+        predicted[rows], logprobs[rows], loss[rows] = self.predicted, self.logprobs, self.loss
+        return Scores(predicted, logprobs, loss)
+
 
 @torch.no_grad()
 def score(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from spul.data.splits import SPLITS, UnlearningData
 from spul.engine import PrefixFn, Scores, score, score_with_and_without
-from spul.guardrails import PROMPT, Guard, apply_guard, withhold_label
+from spul.guardrails import PROMPT, Decision, Guard, apply_guard, withhold_label
 from spul.metrics import split_metrics
 from spul.models import LoadedModel, load_model
 from spul.prompting import Encoder, Template, Verbalizer
@@ -76,12 +78,20 @@ def guarded_score(
 ) -> Scores:
     """`engine.score` with the artifact's guard applied (a gated prompt: prompted where the guard flags
     the text, the model alone elsewhere; both from one pass for a suffix prompt); `withhold`: the
-    unlearned model's answer policy (spul.guardrails.withhold_label)."""
+    unlearned model's answer policy (spul.guardrails.withhold_label). The texts the guard answers generic
+    whatever the model says are never scored: a refused query costs the gate alone."""
+    n = len(texts)
+    decision = guard.decide(texts) if guard is not None and n else None
+    asked = np.arange(n) if decision is None else np.flatnonzero(~decision.generic)
+    some_texts, some_labels = [texts[i] for i in asked], [labels[i] for i in asked]
     if guard is not None and guard.action == PROMPT and prefix_fn is not None:
-        prompted, plain = score_with_and_without(lm, encoder, verbalizer, texts, labels, prefix_fn, **options)
-        return served(prompted, texts, guard, withhold, plain)
-    scores = score(lm, encoder, verbalizer, texts, labels, prefix_fn=prefix_fn, **options)
-    return served(scores, texts, guard, withhold)
+        prompted, plain = score_with_and_without(
+            lm, encoder, verbalizer, some_texts, some_labels, prefix_fn, **options
+        )
+        prompted, plain = prompted.placed(asked, n), plain.placed(asked, n)
+        return served(prompted, texts, guard, withhold, plain, decision)
+    scores = score(lm, encoder, verbalizer, some_texts, some_labels, prefix_fn=prefix_fn, **options)
+    return served(scores.placed(asked, n), texts, guard, withhold, decision=decision)
 
 
 def served(
@@ -90,9 +100,10 @@ def served(
     guard: Guard | None,
     withhold: bool,
     unprompted: Scores | None = None,
+    decision: Decision | None = None,
 ) -> Scores:
     """An artifact's answers from its model's scores: the guard's action, then the answer policy."""
-    scores = apply_guard(scores, texts, guard, unprompted)
+    scores = apply_guard(scores, texts, guard, unprompted, decision)
     return withhold_label(scores) if withhold else scores
 
 

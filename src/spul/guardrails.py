@@ -341,26 +341,46 @@ class Guard:
             return self.rule.bands(texts)
         return self.flags(texts), np.zeros(len(texts), dtype=bool)
 
+    def decide(self, texts: Sequence[str]) -> Decision:
+        """The guard's decision on each text, from one scoring of its rule."""
+        flagged, refused = self.bands(texts)
+        return Decision(flagged, flagged | refused if self.action == GENERIC else refused)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A guard's decision per query: whether its rule flags it, and whether it is answered generic
+    whatever the model would say (the flagged ones under "generic", the refused ones under "prompt"):
+    those need no model at all."""
+
+    flagged: np.ndarray
+    generic: np.ndarray
+
 
 def apply_guard(
-    scores: Scores, texts: Sequence[str], guard: Guard | None, unprompted: Scores | None = None
+    scores: Scores,
+    texts: Sequence[str],
+    guard: Guard | None,
+    unprompted: Scores | None = None,
+    decision: Decision | None = None,
 ) -> Scores:
     """`scores` with the guard's action on the rows it flags ("generic": OTHER and uniform label
     log-probabilities, loss log K; "prompt": `scores` are the prompted ones and the rows it does not flag
-    take `unprompted`'s, the rows it refuses get the generic answer); unchanged without a guard."""
+    take `unprompted`'s, the rows it refuses get the generic answer); unchanged without a guard.
+    `decision`: the guard's decision on `texts` when already made."""
     if guard is None or len(texts) == 0:
         return scores
+    decision = decision or guard.decide(texts)
     if guard.action == PROMPT:
         if unprompted is None:
             raise SpulError("a gated prompt needs the scores without the prompt too")
-        keep, refused = guard.bands(texts)
-        merged = Scores(
+        keep = decision.flagged
+        scores = Scores(
             np.where(keep, scores.predicted, unprompted.predicted),
             np.where(keep[:, None], scores.logprobs, unprompted.logprobs),
             np.where(keep, scores.loss, unprompted.loss),
         )
-        return answer_generic(merged, refused)
-    return answer_generic(scores, guard.flags(texts))
+    return answer_generic(scores, decision.generic)
 
 
 def answer_generic(scores: Scores, rows: np.ndarray) -> Scores:
