@@ -63,9 +63,9 @@ def main() -> None:
             unlearned.prefix_fn,
             description=name,
         )
-        answers = served(prompted, split.texts, unlearned.guard, unlearned.withhold, plain)
-        flagged, refused = unlearned.guard.bands(split.texts)
-        band = np.where(refused, 2, np.where(flagged, 1, 0))
+        decision = unlearned.guard.decide(split.texts)  # the gate embeds each text once
+        answers = served(prompted, split.texts, unlearned.guard, unlearned.withhold, plain, decision)
+        band = np.where(decision.generic, 2, np.where(decision.flagged, 1, 0))
         whole = _auc(labels, answers.logprobs)
         print(
             f"| {name} | all | 100.0 | {100 * np.mean(answers.predicted == labels):.1f} | "
