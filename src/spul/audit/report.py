@@ -289,12 +289,11 @@ def guarded_stats(
     answer for every flagged row (uniform label log-probabilities, no membership signal); with a gated
     prompt the prompted row's `stats`, unless its gate refuses the row (then as a generic-answer guard). A
     row it does not flag: the model alone's (`alone`)."""
-    flags, refused = guard.bands(texts)
+    decision, prompt = guard.decide(texts), guard.action == PROMPT
     uniform = -float(np.log(num_labels))
     same = TokenStats(np.array([uniform]), np.array([uniform]), np.zeros(1), uniform, 0.0, "")
-    if guard.action == PROMPT:
-        return [same if r else s if f else a for s, a, f, r in zip(stats, alone, flags, refused, strict=True)]
-    return [same if f else a for a, f in zip(alone, flags, strict=True)]
+    rows = zip(stats, alone, decision.flagged, decision.generic, strict=True)
+    return [same if generic else s if prompt and f else a for s, a, f, generic in rows]
 
 
 def model_labels(prompted: bool, guarded: bool = False) -> dict[str, str]:
