@@ -87,7 +87,8 @@ def main() -> None:
         audits[name] = json.loads((folder / "audit.json").read_text())
     retrained = audits["retrain"]["mia"]["unlearned"]["forget"]
     models = {"fine-tuned": audits["spul"]["mia"]["fine_tuned"]["forget"]}
-    title = "gated SPUL" if "--gate" in spul_extra else "SPUL"
+    method = json.loads((out / "spul" / "spul.json").read_text())["hyperparameters"]["method"]
+    title = "gated SPUL" if method.get("gate") else "SPUL"  # as saved (a resumed run may pass other args)
     models |= {title: audits["spul"]["mia"]["unlearned"]["forget"], "retrain": retrained}
     table = {
         model: {
