@@ -626,6 +626,8 @@ def test_gated_spul_with_gate_refuse_answers_refused_queries_generic(tiny_lm, to
     for answer, gone in zip(model.predict(texts), refused, strict=True):
         if gone:
             assert answer == {"label": "other", "probabilities": {"negative": 0.5, "positive": 0.5}}
+    only_refused = [text for text, gone in zip(texts, refused, strict=True) if gone]
+    assert [a["label"] for a in model.predict(only_refused)] == ["other"] * len(only_refused)
 
 
 def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(
@@ -682,6 +684,7 @@ def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(
                 if generic
                 else got[row]
             )
+        assert model.predict([]) == []  # (nothing to score: every query refused, or none sent)
         assert model.evaluate(toy, show_progress=False) == manifest["metrics"]
         monkeypatch.setattr(spul.evaluation, "load_model", lambda *args, **kwargs: tiny_lm)  # "Vanilla"
         model.base_adapter = "fine-tune"  # as over a fine-tune: the Fine-tuned row is this model alone

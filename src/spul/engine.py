@@ -260,7 +260,7 @@ def score_with_and_without(
         return with_prompt, score(lm, encoder, verbalizer, texts, labels, **common)
     n, k = len(texts), len(verbalizer)
     out = [(np.full(n, OTHER, dtype=np.int64), np.zeros((n, k), dtype=np.float64)) for _ in range(2)]
-    prompts = encoder.encode(texts)
+    prompts = encoder.encode(texts) if n else []  # (the tokenizer refuses an empty batch)
     with progress_bar(description, total=n, enabled=show_progress) as advance:
         for index in length_sorted_batches([len(p) for p in prompts], batch_size):
             chosen = [prompts[i] for i in index]
