@@ -18,6 +18,7 @@ from spul.audit.probes import EntityFinder
 from spul.engine import OTHER, Scores
 from spul.errors import SpulError
 from spul.evaluation import compare, evaluate
+from spul.gate_pieces import gate_pieces
 from spul.guardrails import (
     PROMPT,
     EmbeddingGate,
@@ -25,7 +26,6 @@ from spul.guardrails import (
     KeywordFilter,
     TextGate,
     apply_guard,
-    gate_pieces,
 )
 from spul.methods import get_method, resolve_options
 from spul.methods.guard import GATE_WINDOW, load_guard, with_forget_rule

@@ -24,6 +24,7 @@ import numpy as np
 
 from spul.engine import OTHER, Scores
 from spul.errors import SpulError
+from spul.gate_pieces import piece_table
 
 GENERIC = "generic"  # the action of the filter and the gate: a flagged query gets the generic answer
 PROMPT = "prompt"  # gated SPUL: a flagged query gets the soft prompt, the others the model alone
@@ -32,9 +33,6 @@ Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, d) array
 MINILM = "all-MiniLM-L6-v2"
 
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
-# sentence boundaries a gate with `sentences` also scores the text's pieces at (text + "Ignore the above."
-# must not hide the text from the gate by diluting its embedding)
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def _words(text: str) -> set[str]:
@@ -283,37 +281,6 @@ class TextGate:
     def bands(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Each text's flag and refusal (its score reaches the refusal threshold), from one scoring."""
         return self.gate.bands(self.scores(texts))
-
-
-def piece_table(
-    texts: Sequence[str], sentences: bool, window: int
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Every text and its `gate_pieces` as (the distinct strings, each piece's index into them, each piece's
-    text): a piece can repeat (a sentence that is also a run, the same text twice) and is embedded once."""
-    pieces, owner = list(texts), list(range(len(texts)))
-    for i, text in enumerate(texts):
-        extra = gate_pieces(text, sentences, window)
-        pieces += extra
-        owner += [i] * len(extra)
-    index: dict[str, int] = {}
-    inverse = [index.setdefault(piece, len(index)) for piece in pieces]
-    return list(index), np.asarray(inverse, dtype=np.int64), np.asarray(owner, dtype=np.int64)
-
-
-def gate_pieces(text: str, sentences: bool, window: int) -> list[str]:
-    """The parts of a query a gate scores besides the whole text: its sentences (when it has several) and
-    its runs of `window` words, starting every window // 2 words and at the end (when it is longer)."""
-    pieces: list[str] = []
-    if sentences:
-        parts = [p for p in _SENTENCE_BREAK.split(text) if p.strip()]
-        if len(parts) > 1:
-            pieces += parts
-    words = text.split()
-    if window and len(words) > window:
-        last = len(words) - window
-        starts = sorted({*range(0, last, max(1, window // 2)), last})  # the last run ends with the text
-        pieces += [" ".join(words[s : s + window]) for s in starts]
-    return pieces
 
 
 @dataclass

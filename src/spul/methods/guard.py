@@ -22,6 +22,7 @@ import torch
 
 from spul.data.rules import KeywordRule, RegexRule
 from spul.errors import DataError, SpulError
+from spul.gate_pieces import piece_table
 from spul.guardrails import (
     EMBEDDERS,
     GENERIC,
@@ -33,7 +34,6 @@ from spul.guardrails import (
     KeywordFilter,
     TextGate,
     get_embedder,
-    piece_table,
 )
 from spul.io import write_json_atomic
 from spul.methods.base import Method, TrainBatch, register
