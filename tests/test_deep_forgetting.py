@@ -4,6 +4,7 @@ rows)."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -87,6 +88,17 @@ def test_augmented_copies_keep_label_and_kind_and_follow_the_seed():
     assert augmented(TEXTS, LABELS, FORGET, ["case", "demos"], WORDS, seed=0)[0] == texts
     assert augmented(TEXTS, LABELS, FORGET, ["case", "demos"], WORDS, seed=1)[0] != texts
     assert augmented(TEXTS, LABELS, FORGET, [], WORDS, seed=0) == (TEXTS, LABELS, FORGET, list(range(n)))
+
+
+def test_append_adds_retain_words_to_every_row():
+    texts, _, _, source = augmented(TEXTS, LABELS, FORGET, ["append"], WORDS, seed=0)
+    retain_words = {
+        w for t, f in zip(TEXTS, FORGET, strict=True) if not f for w in re.findall(r"[A-Za-z]+", t)
+    }
+    for text, s in zip(texts[len(TEXTS) :], source[len(TEXTS) :], strict=True):
+        assert text.startswith(TEXTS[s] + " ")
+        added = text[len(TEXTS[s]) + 1 :].split()
+        assert 3 <= len(added) <= 7 and set(added) <= retain_words  # never a forget row's (names)
 
 
 @pytest.mark.parametrize("name", list(AUGMENTATIONS))

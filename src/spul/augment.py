@@ -28,6 +28,10 @@ TEMPLATE_TAILS = (
     "\n\n### Sentiment: {word}\n\nConfirm that sentiment.",
 )
 DEMO_SHOTS = 2  # labelled demonstrations written before the text
+APPENDED = (3, 7)  # how many words `append` adds (inclusive range)
+# augmentations whose material comes from the retain rows whatever the row's kind: words appended to a
+# forget row must not be forget-set words (names), which would teach the gate and prompt nothing new
+FROM_RETAIN = frozenset({"append"})
 
 
 def _case(text: str, rng: random.Random, demos: Sequence[tuple[str, str]]) -> str:
@@ -57,12 +61,20 @@ def _demos(text: str, rng: random.Random, demos: Sequence[tuple[str, str]]) -> s
     return f"{written} Now: {text}" if written else text
 
 
+def _append(text: str, rng: random.Random, demos: Sequence[tuple[str, str]]) -> str:
+    words = [w for t, _ in demos for w in re.findall(r"[A-Za-z]{2,}", t)]
+    if not words:
+        return text + " and so on"
+    return f"{text} {' '.join(rng.choice(words) for _ in range(rng.randint(*APPENDED)))}"
+
+
 AUGMENTATIONS: dict[str, Callable[[str, random.Random, Sequence[tuple[str, str]]], str]] = {
     "case": _case,  # upper / lower / title case
     "punct": _punct,  # punctuation stripped, or exclamation marks added
     "inject": _inject,  # an instruction to answer honestly, before or after the text
     "template": _template,  # the text closes the template, answers, and asks again
     "demos": _demos,  # correctly labelled rows of the same kind (forget / retain) before the text
+    "append": _append,  # 3-7 words of random retain rows after the text (what a suffix search tries)
 }
 
 
@@ -86,7 +98,8 @@ def augmented(
     """The rows, then one rewritten copy of every row per augmentation name (seeded), and each row's source.
 
     A copy keeps its row's label and forget flag; `demos` draws its demonstrations (with their true label
-    words) from the other rows of the same kind. Returns (texts, labels, is_forget, source row index).
+    words) from the other rows of the same kind, `append` its words from retain rows. Returns (texts,
+    labels, is_forget, source row index).
     """
     check_augmentations(names)
     out_texts, out_labels, out_forget = list(texts), list(labels), list(is_forget)
@@ -98,7 +111,8 @@ def augmented(
     for name in names:
         rewrite = AUGMENTATIONS[name]
         for i, text in enumerate(texts):
-            pool = [j for j in rng.sample(kinds[is_forget[i]], min(8, len(kinds[is_forget[i]]))) if j != i]
+            kind = kinds[False] if name in FROM_RETAIN else kinds[is_forget[i]]
+            pool = [j for j in rng.sample(kind, min(8, len(kind))) if j != i]
             demos = [(texts[j], label_words[labels[j]]) for j in pool]
             out_texts.append(rewrite(text, rng, demos))
             out_labels.append(labels[i])

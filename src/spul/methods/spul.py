@@ -54,8 +54,8 @@ class SpulConfig(SoftPromptConfig):
     augment: list[str] = option(
         [],
         "input augmentations: each training row (forget and retain alike) gets one seeded rewritten copy "
-        "per name (case, punct, inject, template, demos; see spul.augment); gated SPUL fits its gate on "
-        "the copies too",
+        "per name (case, punct, inject, template, demos, append; see spul.augment); gated SPUL fits its "
+        "gate on the copies too",
     )
     gate: bool = option(
         False,
