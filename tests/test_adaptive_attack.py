@@ -35,7 +35,7 @@ def counting_oracle(word: str, needed: int, calls: list):
         predicted = np.where(counts >= needed, labels, OTHER)
         logprobs = np.zeros((len(texts), 2))
         logprobs[np.arange(len(texts)), labels] = counts  # margin = copies of `word`
-        return predicted, logprobs
+        return predicted, logprobs, None
 
     return oracle
 
@@ -82,7 +82,7 @@ def test_first_label_answer_counts_a_wrong_label_even_when_recovered_later():
             if oracle.round >= 3
             else (1 - labels if oracle.round == 2 else np.full(len(labels), OTHER))
         )
-        return predicted, np.zeros((len(labels), 2))
+        return predicted, np.zeros((len(labels), 2)), None
 
     oracle.round = 0
     result = adaptive_attack(oracle, ["a", "b"], [0, 1], VOCABULARY, AttackSettings(rows=2, budget=5))
@@ -90,11 +90,27 @@ def test_first_label_answer_counts_a_wrong_label_even_when_recovered_later():
     assert outcome["recovered"] == 100.0 and outcome["first_label_correct"] == 0.0
 
 
+def test_recovered_past_the_guard_counts_rows_the_guard_did_not_flag_when_recovered():
+    def oracle(texts, labels):  # "zero": right at once, flagged; the others: right once "key" hides them
+        labels = np.asarray(labels)
+        hidden = np.array(["key" in t for t in texts])
+        right = np.array([t.startswith("zero") for t in texts]) | hidden
+        return np.where(right, labels, OTHER), np.zeros((len(texts), 2)), ~hidden
+
+    settings = AttackSettings(rows=3, budget=60, words=2, feedback="labels")
+    texts = ["zero", "one", "two two"]
+    outcome = adaptive_attack(oracle, texts, [0, 1, 0], ["key", "a", "b"], settings)["by_budget"]["60"]
+    assert outcome["recovered"] == 100.0  # rows 1 and 2 both find "key" (a random walk over 3 words)
+    assert outcome["recovered_past_guard"] == pytest.approx(200 / 3)
+    unguarded = adaptive_attack(counting_oracle("key", 1, []), texts, [0, 1, 0], ["key"], settings)
+    assert "recovered_past_guard" not in unguarded["by_budget"]["60"]  # no guard: nothing to get past
+
+
 def test_attack_is_seeded():
     def noisy(texts, labels):  # the true label when the appended words hash a certain way
         predicted = np.array([hash(t) % 7 == 0 for t in texts], dtype=np.int64)
         predicted = np.where(predicted == 1, labels, OTHER)
-        return predicted, np.zeros((len(texts), 2))
+        return predicted, np.zeros((len(texts), 2)), None
 
     texts, labels = [f"row {i}" for i in range(30)], [i % 2 for i in range(30)]
     settings = AttackSettings(rows=30, budget=20, words=3, feedback="labels")
@@ -108,3 +124,24 @@ def test_attack_is_seeded():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         AttackSettings(**bad)
+
+
+def test_markdown_shows_rows_recovered_past_the_guard_for_a_guarded_artifact():
+    from spul.audit.markdown import _attack_lines
+
+    def result(past):
+        outcome = {"recovered": 30.0, "answered_a_label": 33.0, "first_label_correct": 81.8}
+        return {"by_budget": {"200": outcome | ({} if past is None else {"recovered_past_guard": past})}}
+
+    adaptive = {
+        "settings": {"rows": 100, "budget": 200, "words": 5, "feedback": "probabilities"},
+        "vocabulary_size": 259,
+        "fine_tuned": {"test_forget": result(None)},
+        "unlearned": {"test_forget": result(10.0)},
+    }
+    lines = _attack_lines(adaptive, {"attack_met": True})
+    assert "| model | split | recovered @200 | past the guard @200 | first label correct |" in lines
+    assert "| fine_tuned | test_forget | 30.0 | — | 81.8 (of 33% answered) |" in lines
+    assert "| unlearned | test_forget | 30.0 | 10.0 | 81.8 (of 33% answered) |" in lines
+    adaptive["unlearned"]["test_forget"] = result(None)  # no guard: no such column
+    assert not any("past the guard" in line for line in _attack_lines(adaptive, {"attack_met": True}))

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spul.audit import report as audit_report
+from spul.audit.adaptive import AttackSettings
 from spul.audit.probes import EntityFinder
 from spul.engine import OTHER, Scores
 from spul.errors import SpulError
@@ -670,6 +671,11 @@ def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(
         model.withhold = False  # the label probabilities as computed, where the gate's choice shows
         got = model.predict(texts)
         _, served = audit_report.served_answers(model, texts, [0] * len(texts), 4)  # what the audit attacks
+        attack = audit_report.attack_table(model, toy, AttackSettings(rows=4, budget=2), 4, seed=0)
+        for split in ("train_forget", "test_forget"):  # the gated artifact's attack says what got past it
+            outcome = attack["unlearned"][split]["by_budget"]["2"]
+            assert 0.0 <= outcome["recovered_past_guard"] <= outcome["recovered"]
+            assert "recovered_past_guard" not in attack["fine_tuned"][split]["by_budget"]["2"]
         for row, flagged in enumerate(flags):
             want = (prompted if flagged else plain).logprobs[row]
             assert served[row] == pytest.approx(want, abs=1e-5)

@@ -74,14 +74,17 @@ def guarded_score(
     prefix_fn: PrefixFn | None = None,
     guard: Guard | None = None,
     withhold: bool = False,
+    decision: Decision | None = None,
     **options: Any,
 ) -> Scores:
     """`engine.score` with the artifact's guard applied (a gated prompt: prompted where the guard flags
     the text, the model alone elsewhere; both from one pass for a suffix prompt); `withhold`: the
     unlearned model's answer policy (spul.guardrails.withhold_label). The texts the guard answers generic
-    whatever the model says are never scored: a refused query costs the gate alone."""
+    whatever the model says are never scored: a refused query costs the gate alone. `decision`: the
+    guard's decision on these texts when the caller already has it."""
     n = len(texts)
-    decision = guard.decide(texts) if guard is not None and n else None
+    if decision is None and guard is not None and n:
+        decision = guard.decide(texts)
     asked = np.arange(n) if decision is None else np.flatnonzero(~decision.generic)
     some_texts, some_labels = [texts[i] for i in asked], [labels[i] for i in asked]
     if guard is not None and guard.action == PROMPT and prefix_fn is not None:

@@ -7,12 +7,15 @@ answer: the answer policy of spul.guardrails.withhold_label makes them uniform).
 probabilities it keeps a swap when the true label's margin (log p(true) - max log p(other label)) grows
 (greedy random search), with labels alone it keeps every swap (random walk).
 
-Two outcomes per row, both reported at several budgets:
+Three outcomes per row, reported at several budgets:
 - `recovered`: some query within the budget is answered with the true label. This is an *oracle* upper
   bound: the search is told when it has succeeded, which a real attacker who does not know the label is not.
 - `first_label`: the first query answered with a label word at all. An attacker who does not know the label
   stops there; if that answer is right far more often than half the time (for two labels), the model still
   holds the label. If it is right about half the time, the search only pushed the answer somewhere.
+- `recovered_past_guard` (an artifact with a guard, e.g. gated SPUL): rows whose recovering query the guard
+  did not flag, so the model without the prompt answered it: the appended words hid the row from the gate.
+  The rest of `recovered` moved the prompted model's own answer.
 
 The vocabulary is label-neutral by construction: frequent words of the retain training texts whose share
 among positive-label and negative-label texts is balanced, so that an appended word does not carry the
@@ -30,8 +33,9 @@ import numpy as np
 
 from spul.engine import OTHER
 
-# (texts, true labels) -> (served label index or OTHER per text, [N, K] label-word log-probabilities)
-Oracle = Callable[[list[str], list[int]], tuple[np.ndarray, np.ndarray]]
+# (texts, true labels) -> (served label index or OTHER per text, [N, K] label-word log-probabilities,
+# whether the artifact's guard flagged each text: None when it has no guard)
+Oracle = Callable[[list[str], list[int]], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 REPORT_BUDGETS = (1, 50, 200, 1000)
 FEEDBACK = ("probabilities", "labels")
 
@@ -107,6 +111,8 @@ def adaptive_attack(
     recovered_at = np.zeros(n, dtype=np.int64)  # query number of the first true-label answer; 0: never
     first_label_at = np.zeros(n, dtype=np.int64)  # query number of the first label answer; 0: never
     first_label_right = np.zeros(n, dtype=bool)
+    past_guard = np.zeros(n, dtype=bool)  # recovered by a query the guard did not flag
+    guarded = False
     queries = 0
     for query in range(1, settings.budget + 1):
         active = np.flatnonzero(recovered_at == 0)
@@ -122,10 +128,13 @@ def adaptive_attack(
             )
             appended = [" ".join(vocabulary[w] for w in row) for row in candidate]
             probed = [f"{texts[i]} {words_}" for i, words_ in zip(active, appended, strict=True)]
-        predicted, logprobs = oracle(probed, labels_arr[active].tolist())
+        predicted, logprobs, flagged = oracle(probed, labels_arr[active].tolist())
         queries += active.size
         hit = predicted == labels_arr[active]
         recovered_at[active[hit]] = query
+        if flagged is not None:
+            guarded = True
+            past_guard[active[hit]] = ~np.asarray(flagged, dtype=bool)[hit]
         first = (first_label_at[active] == 0) & (predicted != OTHER)
         first_label_at[active[first]] = query
         first_label_right[active[first]] = hit[first]
@@ -139,19 +148,32 @@ def adaptive_attack(
         "rows": n,
         "queries": int(queries),
         "by_budget": {
-            str(b): _outcome(recovered_at, first_label_at, first_label_right, b)
+            str(b): _outcome(
+                recovered_at, first_label_at, first_label_right, past_guard if guarded else None, b
+            )
             for b in sorted({*(b for b in REPORT_BUDGETS if b <= settings.budget), settings.budget})
         },
     }
 
 
-def _outcome(recovered_at: np.ndarray, first_at: np.ndarray, first_right: np.ndarray, budget: int) -> dict:
-    """Shares (percent) of rows recovered and answered a label within `budget` queries, and how often that
-    first label answer was the true label."""
+def _outcome(
+    recovered_at: np.ndarray,
+    first_at: np.ndarray,
+    first_right: np.ndarray,
+    past_guard: np.ndarray | None,
+    budget: int,
+) -> dict:
+    """Shares (percent) of rows recovered and answered a label within `budget` queries, how often that
+    first label answer was the true label, and (a guarded artifact) of rows recovered past the guard."""
     answered = (first_at > 0) & (first_at <= budget)
     recovered = (recovered_at > 0) & (recovered_at <= budget)
-    return {
+    outcome = {
         "recovered": 100.0 * float(np.mean(recovered)) if len(first_at) else 0.0,
         "answered_a_label": 100.0 * float(np.mean(answered)) if len(first_at) else 0.0,
         "first_label_correct": 100.0 * float(np.mean(first_right[answered])) if answered.any() else None,
     }
+    if past_guard is not None:
+        outcome["recovered_past_guard"] = (
+            100.0 * float(np.mean(recovered & past_guard)) if len(first_at) else 0.0
+        )
+    return outcome

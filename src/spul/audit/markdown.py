@@ -158,10 +158,16 @@ def _attack_lines(adaptive: dict[str, Any] | None, goals: dict[str, Any]) -> lis
         "the search knows when it succeeded). `first label` = how often the first query answered with a "
         "label word got the true label: what an attacker who does not know the label learns (about 50% "
         "with two labels = nothing).",
-        "",
-        "| model | split | " + " | ".join(f"recovered @{b}" for b in budgets) + " | first label correct |",
-        "|---" * (3 + len(budgets)) + "|",
     ]
+    past = any("recovered_past_guard" in r["by_budget"][budgets[-1]] for r in adaptive["unlearned"].values())
+    if past:
+        lines[-1] += (
+            f" `past the guard` = rows recovered (@{budgets[-1]}) by a query the artifact's guard did not "
+            "flag: the model without the prompt answered it; the rest moved the prompted answer."
+        )
+    extra = [f"past the guard @{budgets[-1]}"] if past else []
+    head = [*(f"recovered @{b}" for b in budgets), *extra, "first label correct"]
+    lines += ["", "| model | split | " + " | ".join(head) + " |", "|---" * (2 + len(head)) + "|"]
     for model in MODELS:
         for split, result in adaptive[model].items():
             outcomes = result["by_budget"]
@@ -170,6 +176,9 @@ def _attack_lines(adaptive: dict[str, Any] | None, goals: dict[str, Any]) -> lis
             answered = f"(of {last['answered_a_label']:.0f}% answered)"
             first_cell = "—" if first is None else f"{first:.1f} {answered}"
             cells = [f"{outcomes[b]['recovered']:.1f}" for b in budgets]
+            if past:
+                through = last.get("recovered_past_guard")
+                cells.append("—" if through is None else f"{through:.1f}")
             lines.append(f"| {model} | {split} | " + " | ".join(cells) + f" | {first_cell} |")
     met = goals.get("attack_met")
     budget, most = ATTACK_GOAL

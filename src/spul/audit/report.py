@@ -25,7 +25,7 @@ from spul.audit.probes import (
 from spul.audit.tokens import sequence_stats
 from spul.data.splits import FORGET_SPLITS, SPLITS, UnlearningData
 from spul.evaluation import guarded_score
-from spul.guardrails import PROMPT, Guard
+from spul.guardrails import PROMPT, Decision, Guard
 from spul.metrics import split_metrics
 from spul.models import LoadedModel
 from spul.pipeline import Unlearned
@@ -72,10 +72,12 @@ def served_answers(
     what: str = "scoring",
     show_progress: bool = False,
     prompted: bool = True,
+    decision: Decision | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """What the service answers: the label index (or OTHER) and the label-word log-probabilities of each
     text, with the prompt and guard as the artifact applies them (a gated prompt only where its gate
-    flags the text); `prompted=False`: the fine-tuned model, both dropped."""
+    flags the text; `decision`: its guard's, when already made); `prompted=False`: the fine-tuned model,
+    both dropped."""
     scores = guarded_score(
         unlearned.lm,
         unlearned.encoder,
@@ -86,6 +88,7 @@ def served_answers(
         guard=unlearned.guard if prompted else None,
         withhold=unlearned.withhold and prompted,
         batch_size=batch_size,
+        decision=decision if prompted else None,
         description=what,
         show_progress=show_progress,
     )
@@ -108,7 +111,12 @@ def attack_table(
     for model, prompted in zip(MODELS, (False, True), strict=True):
 
         def oracle(texts: list[str], labels: list[int], prompted: bool = prompted):
-            return served_answers(unlearned, texts, labels, batch_size, prompted=prompted)
+            guard = unlearned.guard if prompted else None
+            decision = guard.decide(texts) if guard is not None and texts else None
+            answers = served_answers(
+                unlearned, texts, labels, batch_size, prompted=prompted, decision=decision
+            )
+            return *answers, None if decision is None else decision.flagged
 
         results[model] = {}
         for split in FORGET_SPLITS:
