@@ -32,6 +32,7 @@ VARIANTS = {
     "uniform+augment": (f"label_uniform=1.0,augment={AUGMENT}", ["--epochs", "1"]),
     "inject": ("augment=inject", []),
     "inject+punct": ("augment=inject,punct", []),
+    "append": ("augment=append", []),
 }
 SPLITS = ("train_retain", "train_forget", "test_retain", "test_forget")
 
