@@ -102,13 +102,18 @@ def attack_table(
     batch_size: int,
     seed: int,
     show_progress: bool = False,
+    models: tuple[str, ...] = MODELS,
+    splits: tuple[str, ...] = FORGET_SPLITS,
 ) -> dict[str, Any]:
-    """The adaptive attack on a seeded subset of each forget split, against both audited models."""
+    """The adaptive attack on a seeded subset of each forget split (`splits`), against both audited models
+    (`models`); a split's rows are the same whichever others are attacked."""
     vocabulary = neutral_vocabulary(data.train_retain.texts, data.train_retain.labels, settings.vocabulary)
     results: dict[str, Any] = {"settings": asdict(settings), "vocabulary_size": len(vocabulary)}
     rng = np.random.default_rng(seed)
     picks = {split: np.sort(rng.permutation(len(data[split]))[: settings.rows]) for split in FORGET_SPLITS}
     for model, prompted in zip(MODELS, (False, True), strict=True):
+        if model not in models:
+            continue
 
         def oracle(texts: list[str], labels: list[int], prompted: bool = prompted):
             guard = unlearned.guard if prompted else None
@@ -119,7 +124,7 @@ def attack_table(
             return *answers, None if decision is None else decision.flagged
 
         results[model] = {}
-        for split in FORGET_SPLITS:
+        for split in splits:
             with progress_bar(f"attack {model} {split}", settings.budget, show_progress) as advance:
                 results[model][split] = adaptive_attack(
                     oracle,
