@@ -17,11 +17,9 @@ import time
 
 from common import machine, report
 
-from spul.artifacts import read_manifest
 from spul.audit.adaptive import AttackSettings
-from spul.audit.members import audit_data
 from spul.audit.report import attack_table
-from spul.cli.options import load_full
+from spul.cli.evaluate import audited_rows
 from spul.data.selection import parse_limit
 from spul.data.splits import FORGET_SPLITS
 from spul.pipeline import load_unlearned
@@ -46,10 +44,7 @@ def main() -> None:
             f"--splits: {', '.join(sorted(unknown))} is not a forget split ({', '.join(FORGET_SPLITS)})"
         )
     settings = AttackSettings(rows=args.rows, budget=args.budget)
-    manifest = read_manifest(args.prompt)
-    words = [",".join(manifest[key]) for key in ("label_words", "generic_words")]
-    full = load_full(args.data, None, *words)
-    data, _ = audit_data(manifest, full, args.data, parse_limit(args.limit), args.seed, None)
+    data, _ = audited_rows(args.prompt, args.data, None, parse_limit(args.limit), args.seed, None)
     unlearned = load_unlearned(args.prompt)
     start = time.perf_counter()
     attack = attack_table(

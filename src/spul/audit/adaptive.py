@@ -111,8 +111,7 @@ def adaptive_attack(
     recovered_at = np.zeros(n, dtype=np.int64)  # query number of the first true-label answer; 0: never
     first_label_at = np.zeros(n, dtype=np.int64)  # query number of the first label answer; 0: never
     first_label_right = np.zeros(n, dtype=bool)
-    past_guard = np.zeros(n, dtype=bool)  # recovered by a query the guard did not flag
-    guarded = False
+    past_guard = None  # per row: recovered by a query the guard did not flag (an oracle with a guard)
     queries = 0
     for query in range(1, settings.budget + 1):
         active = np.flatnonzero(recovered_at == 0)
@@ -133,7 +132,7 @@ def adaptive_attack(
         hit = predicted == labels_arr[active]
         recovered_at[active[hit]] = query
         if flagged is not None:
-            guarded = True
+            past_guard = np.zeros(n, dtype=bool) if past_guard is None else past_guard
             past_guard[active[hit]] = ~np.asarray(flagged, dtype=bool)[hit]
         first = (first_label_at[active] == 0) & (predicted != OTHER)
         first_label_at[active[first]] = query
@@ -148,9 +147,7 @@ def adaptive_attack(
         "rows": n,
         "queries": int(queries),
         "by_budget": {
-            str(b): _outcome(
-                recovered_at, first_label_at, first_label_right, past_guard if guarded else None, b
-            )
+            str(b): _outcome(recovered_at, first_label_at, first_label_right, past_guard, b)
             for b in sorted({*(b for b in REPORT_BUDGETS if b <= settings.budget), settings.budget})
         },
     }

@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -37,9 +37,12 @@ from spul.cli.options import (
     one_of,
     user_errors,
 )
-from spul.data.selection import Selection, parse_limit
+from spul.data.selection import Limit, Selection, parse_limit
 from spul.errors import SpulError
 from spul.reporting import note
+
+if TYPE_CHECKING:
+    from spul.data.splits import UnlearningData
 
 
 def write_results(out: Path, rows: dict[str, dict], extra: dict) -> None:
@@ -226,6 +229,28 @@ class AttackOptions:
         return AttackSettings(**{k.removeprefix("attack_"): v for k, v in asdict(self).items()})
 
 
+def audited_rows(
+    prompt: Path | str,
+    data: str,
+    data_dir: Path | str | None,
+    cap: Limit,
+    seed: int,
+    adapter: str | None,
+    regex: str | None = None,
+    keywords: str | None = None,
+    test: str | None = None,
+) -> tuple[UnlearningData, dict]:
+    """The rows `spul audit` scores for a saved prompt (its label and generic words, `cap` rows per split)
+    and its member record (`spul.audit.members.audit_data`)."""
+    from spul.artifacts import read_manifest
+    from spul.audit.members import audit_data
+
+    manifest = read_manifest(prompt)
+    words = [",".join(manifest[key]) for key in ("label_words", "generic_words")]
+    full = load_full(data, data_dir, *words, regex, keywords, test)
+    return audit_data(manifest, full, data, cap, seed, adapter)
+
+
 # Verbs list the shared option aliases of cli/options.py in one order, so their signatures look alike
 # (typer reads the signature; there is nothing to factor out).
 @user_errors
@@ -250,17 +275,13 @@ def audit_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Membership inference without / with the prompt, probes and an adaptive attack: audit.md + .json."""
-    from spul.artifacts import read_manifest
     from spul.audit.markdown import to_markdown, write_report
-    from spul.audit.members import audit_data
     from spul.audit.report import run_audit
     from spul.pipeline import load_unlearned
 
-    cap = parse_limit(limit)
-    manifest = read_manifest(prompt)
-    words = [",".join(manifest[key]) for key in ("label_words", "generic_words")]
-    full = load_full(data, data_dir, *words, regex, keywords, test)
-    dataset, members = audit_data(manifest, full, data, cap, seed, adapter)
+    dataset, members = audited_rows(
+        prompt, data, data_dir, parse_limit(limit), seed, adapter, regex, keywords, test
+    )
     unlearned = load_unlearned(prompt, adapter=adapter, **machine.loading())
     reference = None
     if checks.reference:
