@@ -22,7 +22,8 @@ import numpy as np
 from spul.audit.adaptive import neutral_vocabulary
 from spul.audit.probes import apply_probe
 from spul.data.presets import load_data
-from spul.guardrails import EmbeddingGate, TextGate, get_embedder
+from spul.embedding_gate import EmbeddingGate
+from spul.guardrails import TextGate, get_embedder
 
 PROBES = ("none", "injection_before", "injection_after", "template_imitation", "punctuation_added")
 APPENDED = "appended_words"

@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from spul.audit import report as audit_report
 from spul.audit.adaptive import AttackSettings
 from spul.audit.probes import EntityFinder
+from spul.embedding_gate import EmbeddingGate
 from spul.engine import OTHER, Scores
 from spul.errors import SpulError
 from spul.evaluation import compare, evaluate
 from spul.gate_pieces import gate_pieces
 from spul.guardrails import (
     PROMPT,
-    EmbeddingGate,
     Guard,
     KeywordFilter,
     TextGate,
@@ -341,6 +341,34 @@ def test_text_gate_embeds_then_flags():
     assert rule.flags([]).tolist() == []
 
 
+def test_a_gate_with_names_flags_a_named_query_whatever_words_are_added(tmp_path, fake_embedder):
+    """`TextGate.names`: a query naming one is flagged (not refused) even where appended words dilute its
+    score below the threshold; the names are saved beside the gate and read back."""
+    forget = [f"w{i} sandler" for i in range(8)]
+    retain = [f"w{i} acting" for i in range(8)]
+    gate = EmbeddingGate.fit(hashing_embedder(forget), hashing_embedder(retain))
+    gate.refuse_threshold = gate.threshold + 100.0
+    plain, named = (
+        TextGate(gate, hashing_embedder),
+        TextGate(gate, hashing_embedder, KeywordFilter(("sandler",))),
+    )
+    diluted = "sandler " + " ".join(f"acting{i} acting" for i in range(6))
+    queries = ["new sandler", diluted, "new acting"]
+    assert plain.flags(queries).tolist() == [True, False, False]
+    flags, refused = named.bands(queries)
+    assert flags.tolist() == [True, True, False] and not refused.any()
+    gate.embedder_name = fake_embedder
+    named.save(tmp_path)
+    assert json.loads((tmp_path / "gate_names.json").read_text())["keywords"] == ["sandler"]
+    assert TextGate.load(tmp_path).flags(queries).tolist() == [True, True, False]
+    (tmp_path / "plain").mkdir()
+    plain.save(tmp_path / "plain")
+    assert TextGate.load(tmp_path / "plain").names is None
+    (tmp_path / "gate_names.json").write_text("[1]")
+    with pytest.raises(SpulError, match="gate_names.json: expected a JSON object"):
+        TextGate.load(tmp_path)
+
+
 # ---- the methods' options --------------------------------------------------------------------------
 
 
@@ -629,6 +657,34 @@ def test_gated_spul_with_gate_refuse_answers_refused_queries_generic(tiny_lm, to
             assert answer == {"label": "other", "probabilities": {"negative": 0.5, "positive": 0.5}}
     only_refused = [text for text, gone in zip(texts, refused, strict=True) if gone]
     assert [a["label"] for a in model.predict(only_refused)] == ["other"] * len(only_refused)
+
+
+def test_gated_spul_with_gate_names_flags_queries_naming_the_forget_rows_names(
+    tiny_lm, toy, tmp_path, fake_embedder, monkeypatch
+):
+    """`gate_names`: the gate of gated SPUL also flags queries naming a forget-row name, in training (a
+    retain row naming one is served the prompt) and as saved and served; only with --gate."""
+    from spul.unlearned import Unlearned
+
+    monkeypatch.setattr(EntityFinder, "create", staticmethod(WordFinder))
+    options = {"num_virtual_tokens": 2, "gate": True, "gate_embedder": fake_embedder, "gate_names": True}
+    method = make_method(tiny_lm, "spul", **options)
+    texts = toy.train_forget.texts + toy.train_retain.texts + ["routine bleak witty sandler music film"]
+    is_forget = [True] * 12 + [False] * 13
+    items = method.items(texts, [0] * 25, is_forget, seed=0)
+    assert "sandler" in method.gate_rule.names.keywords and items[-1].focus  # the named retain row
+    manifest = train_artifact(
+        "spul", tiny_lm, toy, tmp_path, method_options=options,
+        config=TrainConfig(epochs=1, batch_size=4, lr=5e-2), show_progress=False,
+    )  # fmt: skip
+    assert manifest["hyperparameters"]["method"]["gate_names"] is True
+    assert "sandler" in json.loads((tmp_path / "gate_names.json").read_text())["keywords"]
+    model = Unlearned(tiny_lm, tmp_path, manifest)
+    diluted = "sandler " + " ".join(toy.train_retain.texts)
+    assert model.guard.flags([diluted]).tolist() == [True]
+    assert not model.guard.rule.gate.flags(hashing_embedder([diluted])).any()  # the score alone misses it
+    with pytest.raises(SpulError, match=r"\(gate_names\) must be given only with --gate"):
+        make_method(tiny_lm, "spul", gate_names=True)
 
 
 def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(

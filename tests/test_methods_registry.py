@@ -122,6 +122,7 @@ def test_option_names_are_the_config_fields():
         "gate_recall",
         "gate_refuse",
         "gate_focus",
+        "gate_names",
         "alpha",
         "beta",
         "label_uniform",

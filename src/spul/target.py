@@ -81,3 +81,15 @@ class TargetMonitor:
         )
         self._checking_s += now - began
         return reached
+
+
+def check_retain_problem(check_retain: int | None, method: str, check_every: int) -> str | None:
+    """Why `check_retain` outside rows cannot be used by this run (None: they can, or none are asked for);
+    the one rule behind `spul unlearn --check-retain` and an experiment run's `check_retain`."""
+    if check_retain is None:
+        return None
+    if check_retain < 1:
+        return "must be >= 1"
+    if method != "spul" or check_every <= 0:
+        return "the rows are scored by spul's training check (method spul, check_every > 0)"
+    return None

@@ -326,7 +326,7 @@ def unlearn_cmd(
 
 def _check_retain_allowed(check_retain: int | None, method: str, check_every: int, ledger: Path | None):
     """--check-retain only where a training check runs on rows drawn from --data (not a ledger)."""
-    from spul.methods.spul import check_retain_problem
+    from spul.target import check_retain_problem
 
     if problem := check_retain_problem(check_retain, method, check_every):
         raise SpulError(f"--check-retain {check_retain}: {problem}")

@@ -161,7 +161,7 @@ class RunEntry(StageEntry):
 
     @model_validator(mode="after")
     def _check_retain_usable(self) -> RunEntry:
-        from spul.methods.spul import check_retain_problem
+        from spul.target import check_retain_problem
 
         default = self.training.get("check_every", TrainConfig.check_every)
         for check_every in self.sweep.get("check_every", [default]):

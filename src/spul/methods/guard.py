@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from spul.data.rules import KeywordRule, RegexRule
+from spul.embedding_gate import EmbeddingGate
 from spul.errors import DataError, SpulError
 from spul.gate_pieces import piece_table
 from spul.guardrails import (
@@ -28,7 +29,6 @@ from spul.guardrails import (
     GENERIC,
     MINILM,
     Embedder,
-    EmbeddingGate,
     Flagger,
     Guard,
     KeywordFilter,
@@ -149,13 +149,8 @@ class KeywordFilterMethod(GuardMethod):
         rule = self.config.rule()
         if rule is not None:
             return rule
-        rule = KeywordFilter.derive(forget, retain, ratio=self.config.ratio)
-        if not rule.keywords:
-            raise SpulError(
-                f"filter: found no name words in the forget rows ({rule.source}); "
-                "give a rule with --filter-regex or --filter-keywords"
-            )
-        return rule
+        fix = "give a rule with --filter-regex or --filter-keywords"
+        return forget_names(forget, retain, self.config.ratio, self.name, fix)
 
     def save_rule(self, folder: Path) -> None:
         """filter.json: the keywords and regex."""
@@ -164,13 +159,16 @@ class KeywordFilterMethod(GuardMethod):
     @staticmethod
     def load_rule(folder: Path) -> KeywordFilter:
         """The filter saved in `folder`."""
-        try:
-            raw = json.loads((folder / FILTER_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise SpulError(f"{folder}: unreadable {FILTER_FILE}: {err}") from None
-        if not isinstance(raw, dict):
-            raise SpulError(f"{folder / FILTER_FILE}: expected a JSON object")
-        return KeywordFilter.from_json(raw, str(folder / FILTER_FILE))
+        return KeywordFilter.read(folder / FILTER_FILE)
+
+
+def forget_names(forget: list[str], retain: list[str], ratio: float, who: str, fix: str) -> KeywordFilter:
+    """The name words of the forget rows `ratio` times rarer in the retain rows (KeywordFilter.derive);
+    a SpulError from `who` saying `fix` when there are none."""
+    rule = KeywordFilter.derive(forget, retain, ratio=ratio)
+    if not rule.keywords:
+        raise SpulError(f"{who}: found no name words in the forget rows ({rule.source}); {fix}")
+    return rule
 
 
 @dataclass
@@ -218,13 +216,12 @@ class EmbeddingGateMethod(GuardMethod):
 
     def save_rule(self, folder: Path) -> None:
         """gate.safetensors (the weights) + gate.json (bias, threshold, embedder)."""
-        self.rule.gate.save(folder)
+        self.rule.save(folder)
 
     @staticmethod
     def load_rule(folder: Path) -> TextGate:
         """The gate saved in `folder`, with its embedder loaded."""
-        gate = EmbeddingGate.load(folder)
-        return TextGate(gate, get_embedder(gate.embedder_name))
+        return TextGate.load(folder)
 
 
 def fit_text_gate(

@@ -15,7 +15,7 @@ from spul.errors import SpulError
 from spul.guardrails import MINILM, PROMPT, Guard
 from spul.methods.base import TrainBatch, TrainItem, register
 from spul.methods.config import option
-from spul.methods.guard import fit_text_gate, write_guard
+from spul.methods.guard import fit_text_gate, forget_names, write_guard
 from spul.methods.losses import (
     answer_kl,
     answer_kl_topk,
@@ -74,6 +74,11 @@ class SpulConfig(SoftPromptConfig):
         "gated SPUL: queries the gate scores above the level that at most this share [0, 1) of the retain "
         "training rows reach (out of fold) get the generic answer outright, not the prompt (0: none)",
     )
+    gate_names: bool = option(
+        False,
+        "gated SPUL: the gate also flags every query naming a name word of the forget rows (as `filter` "
+        "derives them): words added to such a query cannot take it past the gate",
+    )
     gate_focus: float = option(
         0.0,
         "gated SPUL: this share [0, 1) of each batch's retain rows is drawn from the retain training rows "
@@ -108,6 +113,7 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_refuse", 0 <= self.gate_refuse < 1, "in [0, 1)")
         self.require("gate_refuse", not self.gate_refuse or self.gate, "given only with --gate")
         self.require("gate_focus", 0 <= self.gate_focus < 1, "in [0, 1)")
+        self.require("gate_names", not self.gate_names or self.gate, "given only with --gate")
         self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
@@ -123,8 +129,9 @@ class SpulConfig(SoftPromptConfig):
         if "kl_reference" not in out:
             del out["kl_top_k"]
         if not out["gate"]:
-            del out["gate"], out["gate_embedder"], out["gate_recall"], out["gate_refuse"], out["gate_focus"]
-        for name in ("gate_recall", "gate_refuse", "gate_focus"):
+            for name in ("gate", "gate_embedder", "gate_recall", "gate_refuse", "gate_focus", "gate_names"):
+                del out[name]
+        for name in ("gate_recall", "gate_refuse", "gate_focus", "gate_names"):
             if name in out and not out[name]:  # None or 0: as before the option existed
                 del out[name]
         defaults = type(self)()  # terms off and the training check as it was: not recorded
@@ -186,6 +193,10 @@ class Spul(SoftPromptMethod):
             in_order = np.zeros(len(texts))
             in_order[forget + retain] = scores  # the gate's scores come forget rows first
             flags, refused = self.gate_rule.gate.bands(in_order)
+            if c.gate_names:  # the names of the rows themselves (a copy's appended words are not theirs)
+                own = [[texts[i] for i in part if sources[i] == i] for part in (forget, retain)]
+                self.gate_rule.names = forget_names(*own, 10.0, "gate_names", "train without gate_names")
+                flags |= self.gate_rule.names.flags(texts)
             self.gate_flags, self.gate_refused = flags.tolist(), refused.tolist()
         prompts = self.encoder.encode(texts)
         items, none = [], [False] * len(texts)
@@ -219,7 +230,7 @@ class Spul(SoftPromptMethod):
         """The prompt (peft folder); gated SPUL adds the gate's files and guard.json."""
         super().save(folder)
         if self.gate_rule is not None:
-            self.gate_rule.gate.save(Path(folder))
+            self.gate_rule.save(Path(folder))
             write_guard(Path(folder), "gate", PROMPT)
 
     def training_check(self, items, seed):
@@ -372,18 +383,6 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 DEFAULT_RECIPE = "fast"
-
-
-def check_retain_problem(check_retain: int | None, method: str, check_every: int) -> str | None:
-    """Why `check_retain` outside rows cannot be used by this run (None: they can, or none are asked for);
-    the one rule behind `spul unlearn --check-retain` and an experiment run's `check_retain`."""
-    if check_retain is None:
-        return None
-    if check_retain < 1:
-        return "must be >= 1"
-    if method != "spul" or check_every <= 0:
-        return "the rows are scored by spul's training check (method spul, check_every > 0)"
-    return None
 
 
 def recipe_settings(name: str, overrides: dict[str, Any] | None = None, seed: int = 0):
