@@ -46,6 +46,7 @@ from spul.prompting import Template, Verbalizer
 GUARD_FILE = "guard.json"
 GUARD_FORMAT = "spul-guard/1"
 FILTER_FILE = "filter.json"
+NAME_RATIO = 10.0  # derived names: a name word is this many times more frequent in forget than retain rows
 
 
 class GuardMethod(Method):
@@ -111,7 +112,9 @@ class FilterConfig(UntrainedConfig):
         None, "flag queries containing one of these words or phrases (whole words)", flag="--filter-keywords"
     )
     ratio: float = option(
-        10.0, "derived names: how many times more frequent in forget than retain rows", flag="--filter-ratio"
+        NAME_RATIO,
+        "derived names: how many times more frequent in forget than retain rows",
+        flag="--filter-ratio",
     )
 
     def check(self) -> None:

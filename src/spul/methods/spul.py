@@ -15,7 +15,7 @@ from spul.errors import SpulError
 from spul.guardrails import MINILM, PROMPT, Guard
 from spul.methods.base import TrainBatch, TrainItem, register
 from spul.methods.config import option
-from spul.methods.guard import fit_text_gate, forget_names, write_guard
+from spul.methods.guard import NAME_RATIO, fit_text_gate, forget_names, write_guard
 from spul.methods.losses import (
     answer_kl,
     answer_kl_topk,
@@ -195,7 +195,7 @@ class Spul(SoftPromptMethod):
             flags, refused = self.gate_rule.gate.bands(in_order)
             if c.gate_names:  # the names of the rows themselves (a copy's appended words are not theirs)
                 own = [[texts[i] for i in part if sources[i] == i] for part in (forget, retain)]
-                self.gate_rule.names = forget_names(*own, 10.0, "gate_names", "train without gate_names")
+                self.gate_rule.names = forget_names(*own, NAME_RATIO, "gate_names", "train without it")
                 flags |= self.gate_rule.names.flags(texts)
             self.gate_flags, self.gate_refused = flags.tolist(), refused.tolist()
         prompts = self.encoder.encode(texts)
