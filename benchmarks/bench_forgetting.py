@@ -25,7 +25,7 @@ import torch
 from spul.data import load_data
 from spul.evaluation import evaluate
 from spul.methods import get_method
-from spul.methods.spul import RECIPES, recipe_settings
+from spul.methods.recipes import RECIPES, recipe_settings
 from spul.models import load_model
 from spul.prompting import Encoder, Template, Verbalizer
 from spul.target import Target, TargetMonitor

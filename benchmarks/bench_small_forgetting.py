@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from spul.data import load_data
-from spul.methods.spul import DEFAULT_RECIPE, recipe_settings
+from spul.methods.recipes import DEFAULT_RECIPE, recipe_settings
 from spul.models import load_model
 from spul.pipeline import load_unlearned, train_artifact
 from spul.training import TrainConfig

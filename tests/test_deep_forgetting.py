@@ -101,6 +101,32 @@ def test_append_adds_retain_words_to_every_row():
         assert 3 <= len(added) <= 7 and set(added) <= retain_words  # never a forget row's (names)
 
 
+def test_forget_rows_get_forget_copies_fresh_copies_and_retain_rows_one():
+    one = augmented(TEXTS, LABELS, FORGET, ["append"], WORDS, seed=0)
+    texts, labels, forget, source = augmented(
+        TEXTS, LABELS, FORGET, ["append"], WORDS, seed=0, forget_copies=3
+    )
+    copies = {
+        i: [t for t, s in zip(texts[len(TEXTS) :], source[len(TEXTS) :], strict=True) if s == i]
+        for i in range(5)
+    }
+    assert [len(copies[i]) for i in range(5)] == [3 if f else 1 for f in FORGET]
+    assert all(len(set(copies[i])) == 3 for i in range(5) if FORGET[i])  # each copy drawn anew
+    assert all(labels[j] == LABELS[s] and forget[j] == FORGET[s] for j, s in enumerate(source))
+    assert one == augmented(TEXTS, LABELS, FORGET, ["append"], WORDS, seed=0, forget_copies=1)  # the default
+    with pytest.raises(SpulError, match="forget_copies must be >= 1"):
+        augmented(TEXTS, LABELS, FORGET, ["append"], WORDS, seed=0, forget_copies=0)
+
+
+def test_forget_copies_is_refused_without_an_augmentation(tiny_lm):
+    template = Template()
+    encoder = Encoder(tiny_lm.tokenizer, template)
+    verbalizer = Verbalizer.build(tiny_lm.tokenizer, WORDS, template)
+    generic = Verbalizer.build(tiny_lm.tokenizer, ("neutral", "unknown"), template)
+    with pytest.raises(SpulError, match=r"--forget-copies \(forget_copies\) must be given only with augment"):
+        get_method("spul")(tiny_lm, encoder, verbalizer, generic, num_virtual_tokens=2, forget_copies=2)
+
+
 @pytest.mark.parametrize("name", list(AUGMENTATIONS))
 def test_every_augmentation_rewrites_the_text(name):
     texts = augmented(TEXTS, LABELS, FORGET, [name], WORDS, seed=3)[0][len(TEXTS) :]

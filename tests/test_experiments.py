@@ -334,7 +334,7 @@ def test_config_errors_name_the_field(workspace, change, message):
 
 
 def test_a_recipe_is_the_starting_point_and_the_run_settings_win(workspace):
-    from spul.methods.spul import RECIPES
+    from spul.methods.recipes import RECIPES
 
     run = {"method": "spul", "recipe": "fast", "options": {"p": 3}, "training": {"epochs": 1}}
     config = parse_config(config_dict(workspace["models"], workspace["data"], runs=[run]))

@@ -127,6 +127,7 @@ def test_option_names_are_the_config_fields():
         "beta",
         "label_uniform",
         "augment",
+        "forget_copies",
         "check_rows",
         "target_forget_acc",
         "target_retain_drop",

@@ -11,7 +11,7 @@ import torch
 from spul.errors import SpulError
 from spul.methods.base import TrainItem
 from spul.methods.losses import answer_kl, answer_kl_topk, generic_set_nll, topk_reference
-from spul.methods.spul import RECIPES, recipe_settings
+from spul.methods.recipes import RECIPES, recipe_settings
 from spul.target import Target, TargetMonitor
 from spul.training import BatchPlan, TrainConfig
 

@@ -94,14 +94,18 @@ def augmented(
     names: Sequence[str],
     label_words: Sequence[str],
     seed: int,
+    forget_copies: int = 1,
 ) -> tuple[list[str], list[int], list[bool], list[int]]:
-    """The rows, then one rewritten copy of every row per augmentation name (seeded), and each row's source.
+    """The rows, then rewritten copies of every row per augmentation name (seeded), and each row's source.
 
-    A copy keeps its row's label and forget flag; `demos` draws its demonstrations (with their true label
-    words) from the other rows of the same kind, `append` its words from retain rows. Returns (texts,
-    labels, is_forget, source row index).
+    A retain row gets one copy per name, a forget row `forget_copies` (each drawn anew: what an attack
+    varies is where the forgetting must hold). A copy keeps its row's label and forget flag; `demos` draws
+    its demonstrations (with their true label words) from the other rows of the same kind, `append` its
+    words from retain rows. Returns (texts, labels, is_forget, source row index).
     """
     check_augmentations(names)
+    if forget_copies < 1:
+        raise SpulError(f"augment: forget_copies must be >= 1 (got {forget_copies})")
     out_texts, out_labels, out_forget = list(texts), list(labels), list(is_forget)
     source = list(range(len(texts)))
     if not names:
@@ -112,10 +116,11 @@ def augmented(
         rewrite = AUGMENTATIONS[name]
         for i, text in enumerate(texts):
             kind = kinds[False] if name in FROM_RETAIN else kinds[is_forget[i]]
-            pool = [j for j in rng.sample(kind, min(8, len(kind))) if j != i]
-            demos = [(texts[j], label_words[labels[j]]) for j in pool]
-            out_texts.append(rewrite(text, rng, demos))
-            out_labels.append(labels[i])
-            out_forget.append(is_forget[i])
-            source.append(i)
+            for _ in range(forget_copies if is_forget[i] else 1):
+                pool = [j for j in rng.sample(kind, min(8, len(kind))) if j != i]
+                demos = [(texts[j], label_words[labels[j]]) for j in pool]
+                out_texts.append(rewrite(text, rng, demos))
+                out_labels.append(labels[i])
+                out_forget.append(is_forget[i])
+                source.append(i)
     return out_texts, out_labels, out_forget, source

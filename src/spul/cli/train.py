@@ -305,7 +305,7 @@ def unlearn_cmd(
         config = replace(config, check_every=check_every)
     _check_retain_allowed(check_retain, method, config.check_every, ledger)
     if recipe is not None:
-        from spul.methods.spul import recipe_settings
+        from spul.methods.recipes import recipe_settings
 
         options = recipe_settings(recipe)[0] | options
     method_class.resolve(options)  # the method's own rules (e.g. --p >= 1), before anything loads
@@ -339,7 +339,7 @@ def _recipe(method: str, recipe: str | None) -> str | None:
     if recipe is not None and method != "spul":
         raise SpulError(f"--recipe is a SPUL recipe; --method {method} does not take it")
     if method == "spul" and recipe is None:
-        from spul.methods.spul import DEFAULT_RECIPE
+        from spul.methods.recipes import DEFAULT_RECIPE
 
         return DEFAULT_RECIPE
     return recipe
@@ -350,7 +350,7 @@ def _train_config(method_class, options, recipe, run: RunArgs, epochs, lr, batch
     from spul.training import TrainConfig
 
     if recipe is not None:
-        from spul.methods.spul import recipe_settings
+        from spul.methods.recipes import recipe_settings
 
         base = recipe_settings(recipe, seed=run.training_seed)[1]
     else:

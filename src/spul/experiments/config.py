@@ -111,7 +111,7 @@ class SelectEntry(Strict):
 class RunEntry(StageEntry):
     """An unlearning run; `sweep` maps a key (alpha, beta, p, tau, lr, ...) to the values to try.
 
-    `recipe` (SPUL only) names a starting point from `spul.methods.spul.RECIPES`, as `spul unlearn
+    `recipe` (SPUL only) names a starting point from `spul.methods.recipes.RECIPES`, as `spul unlearn
     --recipe` does: its method options and training settings apply unless `options` / `training` say else.
     `seeds` trains each point once per training seed (prompt init, batch order, generic-word draws; the
     rows and the fine-tuned model stay those of the dataset's seed); tables show the mean +- std.
@@ -133,7 +133,7 @@ class RunEntry(StageEntry):
     def _apply_recipe(cls, data: Any) -> Any:
         if not isinstance(data, dict) or data.get("recipe") is None:
             return data
-        from spul.methods.spul import RECIPES
+        from spul.methods.recipes import RECIPES
 
         name = data["recipe"]
         if data.get("method") != "spul":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,9 @@ class SpulConfig(SoftPromptConfig):
         "input augmentations: each training row (forget and retain alike) gets one seeded rewritten copy "
         "per name (case, punct, inject, template, demos, append; see spul.augment); gated SPUL fits its "
         "gate on the copies too",
+    )
+    forget_copies: int = option(
+        1, "augment: rewritten copies of each forget row per augmentation (each drawn anew; retain rows: one)"
     )
     gate: bool = option(
         False,
@@ -119,6 +122,10 @@ class SpulConfig(SoftPromptConfig):
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
         check_augmentations(self.augment)
+        self.require("forget_copies", self.forget_copies >= 1, ">= 1")
+        self.require(
+            "forget_copies", self.forget_copies == 1 or bool(self.augment), "given only with augment"
+        )
 
     def hyperparameters(self) -> dict[str, Any]:
         """The options; the recipe levers only when not the paper's (older manifests stay as they were)."""
@@ -135,7 +142,14 @@ class SpulConfig(SoftPromptConfig):
             if name in out and not out[name]:  # None or 0: as before the option existed
                 del out[name]
         defaults = type(self)()  # terms off and the training check as it was: not recorded
-        for name in ("label_uniform", "augment", "check_rows", "target_forget_acc", "target_retain_drop"):
+        for name in (
+            "label_uniform",
+            "augment",
+            "forget_copies",
+            "check_rows",
+            "target_forget_acc",
+            "target_retain_drop",
+        ):
             if out[name] == getattr(defaults, name):
                 del out[name]
         return out
@@ -177,16 +191,15 @@ class Spul(SoftPromptMethod):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label.
         Gated SPUL fits its gate on the rows and their rewritten copies (`augment`), so a rewrite does
         not carry a forget query past the gate; a row and its copies share a fold."""
-        rng = random.Random(seed)
+        rng, c = random.Random(seed), self.config
         texts, labels, is_forget, sources = augmented(
-            texts, labels, is_forget, self.config.augment, self.verbalizer.words, seed
+            texts, labels, is_forget, c.augment, self.verbalizer.words, seed, c.forget_copies
         )
-        if self.config.gate:
+        if c.gate:
             forget = [i for i, f in enumerate(is_forget) if f]
             retain = [i for i, f in enumerate(is_forget) if not f]
             rows = [[texts[i] for i in forget], [texts[i] for i in retain]]
-            groups = np.asarray([sources[i] for i in forget + retain]) if self.config.augment else None
-            c = self.config
+            groups = np.asarray([sources[i] for i in forget + retain]) if c.augment else None
             self.gate_rule, scores = fit_text_gate(
                 *rows, c.gate_embedder, GATE_FOLDS, seed, c.gate_recall, groups, c.gate_refuse
             )
@@ -358,42 +371,3 @@ class Spul(SoftPromptMethod):
         ref_logq = torch.stack([r[0] for r in refs]).to(logits.device)
         ref_ids = None if refs[0][1] is None else torch.stack([r[1] for r in refs]).to(logits.device)
         return answer_kl_topk(logits, ref_logq, ref_ids, ref_batch.targets)
-
-
-# Named recipes: overrides of SPUL's defaults (the paper's method settings). "paper": the paper's reference
-# (P-tuning p 30 before the text, lr 1e-4, clip 0.3, batch 32, AdamW + cosine, a random generic word, a
-# recomputed KL reference, 10 epochs). "fast", `spul unlearn`'s default, the levers measured by
-# benchmarks/bench_forgetting.py: a 10-token prompt after the text (read once; the KL reference comes with
-# it), balanced batches, the generic-set loss, a check every 5 steps (best weights kept, stops at the target).
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {
-        "method": {"forget_loss": "random", "kl_reference": "recompute"},
-        "training": {"lr": 1e-4, "max_grad_norm": 0.3, "batch_size": 32, "epochs": 10},
-    },
-    "fast": {
-        "method": {"forget_loss": "set", "prompt_position": "auto", "num_virtual_tokens": 10},
-        "training": {
-            "lr": 2e-3,
-            "max_grad_norm": 1.0,
-            "batch_size": 16,
-            "epochs": 4,
-            "forget_share": 0.5,
-            "check_every": 5,
-        },
-    },
-}
-DEFAULT_RECIPE = "fast"
-
-
-def recipe_settings(name: str, overrides: dict[str, Any] | None = None, seed: int = 0):
-    """A recipe's method options and TrainConfig, with `overrides` (method options or training fields)."""
-    from spul.training import TrainConfig
-
-    if name not in RECIPES:
-        raise SpulError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    method = dict(RECIPES[name]["method"])
-    training = dict(RECIPES[name]["training"]) | {"seed": seed}
-    train_fields = {f.name for f in fields(TrainConfig)}
-    for key, value in (overrides or {}).items():
-        (training if key in train_fields else method)[key] = value
-    return method, TrainConfig(**training)
