@@ -123,6 +123,7 @@ def test_option_names_are_the_config_fields():
         "gate_refuse",
         "gate_focus",
         "gate_names",
+        "check_strata",
         "alpha",
         "beta",
         "label_uniform",

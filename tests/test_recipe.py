@@ -536,6 +536,56 @@ def test_gated_training_check_scores_rows_as_served(tiny_lm, toy, fake_embedder)
     method.gate_refused = []
 
 
+def test_stratified_check_measures_the_retain_drop_where_the_prompt_is_served(tiny_lm, toy, fake_embedder):
+    """`check_strata`: the held-out retain rows are drawn from those the gate serves the prompt, and the
+    drop is theirs times that share of the retain rows plus the refused rows' unprompted ACC times theirs:
+    with a prompt that answers every row wrong, exactly the drop over all retain rows as served."""
+    import torch
+
+    from spul.methods import get_method
+    from spul.prompting import Encoder, Template, Verbalizer
+
+    template = Template()
+    words = [Verbalizer.build(tiny_lm.tokenizer, w, template) for w in (toy.label_words, toy.generic_words)]
+    retain, forget = toy.train_retain, toy.train_forget
+    options = {"gate": True, "gate_embedder": fake_embedder, "check_rows": 100, "check_strata": True}
+    method = get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, **options)
+    flags = [False] * len(retain) + [True] * len(forget)
+    items = method.items(retain.texts + forget.texts, retain.labels + forget.labels, flags, 0)
+    first = [t[0] for t in method.verbalizer.token_ids]
+    wrong = max(first) + 1
+
+    def answering(right):
+        def logits(batch, prompted=True):
+            out = torch.zeros(len(batch.index), 1, len(tiny_lm.tokenizer))
+            for row, i in enumerate(batch.index):
+                out[row, 0, first[items[i].label] if right(i) else wrong] = 1.0
+            return out
+
+        return logits
+
+    n = len(retain)
+    method.gate_flags = [i < 8 or items[i].is_forget for i in range(len(items))]  # 8 retain rows prompted
+    method.gate_refused = [i in (8, 9) for i in range(len(items))]  # 2 refused
+    method.logits = answering(lambda i: i != 0)  # the model alone: wrong on retain row 0 only
+    method.logits_pair = lambda batch: (answering(lambda i: False)(batch), None)  # the prompt: all wrong
+    check, held_out = method.training_check(items, 0)
+    assert held_out and held_out <= set(range(8))  # held out among the prompted retain rows alone
+    score, reached, measured = check()
+    before = 100.0 * sum(i != 0 for i in held_out) / len(held_out)
+    assert measured["retain_drop"] == pytest.approx(8 / n * before + 2 / n * 100.0)
+    assert (measured["prompted_share"], measured["refused_share"]) == (8 / n, 2 / n)
+    assert score == -Target(method.config.target_forget_acc, 3).shortfall(0.0, measured["retain_drop"])
+    assert not reached  # 10 of 12 retain rows lose their answer: far past any allowance
+    # unstratified, the same gate holds out rows from every retain row
+    method.config.check_strata = False
+    _, plain = method.training_check(items, 0)
+    assert "retain_drop" not in method.training_check(items, 0)[0]()[2]
+    assert len(plain) == min(100, n // 4)
+    with pytest.raises(SpulError, match="check_strata"):
+        get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, check_strata=True)
+
+
 def test_gated_spul_gate_recall_sets_how_many_forget_rows_get_the_prompt(tiny_lm, toy, fake_embedder):
     """`gate_recall`: the gate's threshold flags that share of the forget training rows out of fold (the
     flags the training check serves by) and is saved with the gate; without it, TPR - FPR decides."""

@@ -25,6 +25,7 @@ from spul.methods.losses import (
     masked_mean,
     topk_reference,
 )
+from spul.methods.served_check import served_check
 from spul.methods.soft_prompt import SoftPromptConfig, SoftPromptMethod
 from spul.target import Target
 
@@ -91,6 +92,12 @@ class SpulConfig(SoftPromptConfig):
         CHECK_ROWS,
         "training check: how many forget rows and held-out retain rows it scores (check_every > 0)",
     )
+    check_strata: bool = option(
+        False,
+        "gated SPUL's training check: hold out retain rows among those the gate serves the prompt and "
+        "weigh their ACC drop by that share of the retain rows (a passed row cannot drop; a refused row "
+        "drops its unprompted ACC): the drop measured on check_rows prompted rows, not the few in a sample",
+    )
     target_forget_acc: float = option(
         Target.forget_acc, "training check: the target's forget ACC, at most (%)"
     )
@@ -118,6 +125,7 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_focus", 0 <= self.gate_focus < 1, "in [0, 1)")
         self.require("gate_names", not self.gate_names or self.gate, "given only with --gate")
         self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
+        self.require("check_strata", not self.check_strata or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
@@ -136,9 +144,9 @@ class SpulConfig(SoftPromptConfig):
         if "kl_reference" not in out:
             del out["kl_top_k"]
         if not out["gate"]:
-            for name in ("gate", "gate_embedder", "gate_recall", "gate_refuse", "gate_focus", "gate_names"):
+            for name in GATE_OPTIONS:
                 del out[name]
-        for name in ("gate_recall", "gate_refuse", "gate_focus", "gate_names"):
+        for name in GATE_OPTIONS[2:]:
             if name in out and not out[name]:  # None or 0: as before the option existed
                 del out[name]
         defaults = type(self)()  # terms off and the training check as it was: not recorded
@@ -157,6 +165,16 @@ class SpulConfig(SoftPromptConfig):
 
 FORGET_LOSSES = ("set", "random")
 GATE_FOLDS = 5  # gated SPUL: cross-validation folds choosing the gate's threshold
+# gated SPUL's options: recorded only with --gate, and from gate_recall on only when set
+GATE_OPTIONS = (
+    "gate",
+    "gate_embedder",
+    "gate_recall",
+    "gate_refuse",
+    "gate_focus",
+    "gate_names",
+    "check_strata",
+)
 KL_REFERENCES = ("cached", "recompute")
 
 
@@ -247,79 +265,8 @@ class Spul(SoftPromptMethod):
             write_guard(Path(folder), "gate", PROMPT)
 
     def training_check(self, items, seed):
-        """Every check scores `check_rows` training forget rows and retain rows the prompt never trains
-        on: the check-only rows when given (`check_items`), else `check_rows` retain rows held out of
-        training (seeded; at most a quarter of them). Cheap with a suffix prompt's cached text. The
-        target is met when the forget rows' greedy answer is their label at most `target_forget_acc` %
-        of the time and the retain rows' within `target_retain_drop` points of the unprompted model's on
-        them, which a prompt cannot reach by memorising its training rows.
-        Gated SPUL is checked as it is served: a row gets the prompt only if the gate flagged it out of
-        fold. Score: minus the points the check is short of the target (Target.shortfall), so a run that
-        never meets it keeps the prompt nearest to it, not the one that forgets deepest."""
-        from spul.training import collate
-
-        rng = random.Random(seed)
-        check_only = [i for i, it in enumerate(items) if it.check_only]
-        trainable = [i for i, it in enumerate(items) if it.source in (None, i) and not it.check_only]
-        forget = [i for i in trainable if items[i].is_forget]  # (augmented copies left out)
-        retain = [i for i in trainable if not items[i].is_forget]
-        c = self.config
-        n_held = len(check_only) or min(c.check_rows, len(retain) // 4)
-        if not forget or n_held < 1:
-            return None
-        forget = sorted(rng.sample(forget, min(c.check_rows, len(forget))))
-        held_out = check_only or sorted(rng.sample(retain, n_held))
-        # a held-out row's augmented copies are held out with it
-        excluded = set(held_out) | {i for i, it in enumerate(items) if it.source in set(held_out)}
-        first = [t[0] for t in self.verbalizer.token_ids]
-
-        def top_answers(rows: list[int], prompted: bool) -> list[int]:
-            out = []
-            with torch.no_grad():
-                for start in range(0, len(rows), 32):
-                    chunk = rows[start : start + 32]
-                    batch = collate([items[i] for i in chunk], self, chunk).batch
-                    logits = self.logits_pair(batch)[0] if prompted else self.logits(batch, prompted=False)
-                    out += logits[:, -1].argmax(-1).tolist()
-            return out
-
-        # the frozen model's own answers never change: computed at the first check (after `prepare`
-        # cached the text states, which hold them), for the retain baseline and (gated SPUL) for the rows
-        # the gate does not send to the prompt
-        alone: dict[int, int] = {}
-        gate_flags, refused = None, set()
-        if self.gate_flags is not None:
-            gate_flags = dict(enumerate(self.gate_flags))
-            gate_flags |= dict(zip(check_only, self.check_flags, strict=True))
-            refused = {i for i, r in enumerate(self.gate_refused) if r}  # (none refused: empty)
-            refused |= {i for i, r in zip(check_only, self.check_refused, strict=False) if r}
-
-        def served(rows: list[int]) -> list[int]:
-            if gate_flags is None:
-                return top_answers(rows, prompted=True)
-            # only flagged rows are served the prompt; a refused one gets the generic answer (no label)
-            flagged = [i for i in rows if gate_flags[i] and i not in refused]
-            prompted = dict(zip(flagged, top_answers(flagged, prompted=True), strict=True))
-            return [-1 if i in refused else prompted.get(i, alone[i]) for i in rows]
-
-        def accuracy(rows: list[int], answers: list[int]) -> float:
-            right = sum(a == first[items[i].label] for a, i in zip(answers, rows, strict=True))
-            return 100.0 * right / len(rows)
-
-        target = Target(c.target_forget_acc, c.target_retain_drop)
-
-        def check() -> tuple[float, bool, dict[str, float]]:
-            if not alone:
-                rows = held_out + (forget if gate_flags is not None else [])
-                alone.update(zip(rows, top_answers(rows, prompted=False), strict=True))
-            retain_before = accuracy(held_out, [alone[i] for i in held_out])
-            forget_acc, retain_acc = accuracy(forget, served(forget)), accuracy(held_out, served(held_out))
-            reached = forget_acc <= target.forget_acc and retain_acc >= retain_before - target.retain_drop
-            measured = {"forget_acc": forget_acc, "retain_acc": retain_acc, "retain_before": retain_before}
-            shortfall = target.shortfall(forget_acc, retain_before - retain_acc)
-            return (-shortfall if shortfall else 0.0), reached, measured
-
-        return check, excluded
+        """The forget and retain rows scored as served (`spul.methods.served_check`)."""
+        return served_check(self, items, seed)
 
     def loss(self, batch: TrainBatch):
         """The three SPUL terms; each averaged over the forget or retain rows of the batch."""
