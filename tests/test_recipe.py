@@ -584,6 +584,15 @@ def test_stratified_check_measures_the_retain_drop_where_the_prompt_is_served(ti
     assert len(plain) == min(100, n // 4)
     with pytest.raises(SpulError, match="check_strata"):
         get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, check_strata=True)
+    # refused, not silently unstratified: too few prompted retain rows, or outside check rows
+    method.config.check_strata = True
+    method.gate_flags = [i < 3 or items[i].is_forget for i in range(len(items))]
+    with pytest.raises(SpulError, match="3 retain training row"):
+        method.training_check(items, 0)
+    method.gate_flags = [i < 8 or items[i].is_forget for i in range(len(items))]
+    extra = method.check_items(toy.test_retain.texts, toy.test_retain.labels)
+    with pytest.raises(SpulError, match="--check-retain"):
+        method.training_check(items + extra, 0)
 
 
 def test_gated_spul_gate_recall_sets_how_many_forget_rows_get_the_prompt(tiny_lm, toy, fake_embedder):

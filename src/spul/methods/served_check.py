@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from spul.errors import SpulError
 from spul.methods.base import TrainItem
 from spul.target import Target
 
@@ -41,11 +42,20 @@ def served_check(method: Any, items: list[TrainItem], seed: int) -> tuple[Check,
         refused = {i for i, r in enumerate(method.gate_refused) if r}  # (none refused: empty)
         refused |= {i for i, r in zip(check_only, method.check_refused, strict=False) if r}
     strata = None  # check_strata: (the retain rows served the prompt, those refused)
-    if getattr(c, "check_strata", False) and gate_flags is not None and not check_only:
+    if c.check_strata and gate_flags is not None:
+        if check_only:
+            raise SpulError(
+                "check_strata holds out training retain rows: drop --check-retain or check_strata"
+            )
         strata = (
             [i for i in retain if gate_flags[i] and i not in refused],
             [i for i in retain if i in refused],
         )
+        if len(strata[0]) < 4:
+            raise SpulError(
+                f"check_strata: the gate serves the prompt {len(strata[0])} retain training row(s), "
+                "too few to hold a quarter out (at least 4); drop check_strata"
+            )
     pool = strata[0] if strata else retain
     n_held = len(check_only) or min(c.check_rows, len(pool) // 4)
     if not forget or n_held < 1:
