@@ -64,7 +64,8 @@ def served_check(method: Any, items: list[TrainItem], seed: int) -> tuple[Check,
     held_out = check_only or sorted(rng.sample(pool, n_held))
     refused_rows = sorted(rng.sample(strata[1], min(c.check_rows, len(strata[1])))) if strata else []
     # a held-out row's augmented copies are held out with it
-    excluded = set(held_out) | {i for i, it in enumerate(items) if it.source in set(held_out)}
+    held = set(held_out)
+    excluded = held | {i for i, it in enumerate(items) if it.source in held}
     first = [t[0] for t in method.verbalizer.token_ids]
 
     def top_answers(rows: list[int], prompted: bool) -> list[int]:
