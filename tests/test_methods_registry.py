@@ -130,6 +130,7 @@ def test_option_names_are_the_config_fields():
         "augment",
         "forget_copies",
         "check_rows",
+        "check_keep",
         "target_forget_acc",
         "target_retain_drop",
     }

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spul.errors import SpulError
 from spul.methods.base import TrainItem
@@ -150,6 +152,28 @@ def test_target_shortfall_counts_the_points_beyond_either_limit():
     assert target.shortfall(26.0, 4.5) == 7.5
     # nearer the target beats forgetting deeper at a retain cost (the training check's best prompt)
     assert target.shortfall(14.0, 3.125) < target.shortfall(6.0, 6.0)
+
+
+@given(
+    st.lists(st.tuples(st.floats(0, 100), st.floats(-5, 100)), min_size=2, max_size=8),
+    st.floats(0, 100),
+    st.floats(0, 10),
+)
+def test_retain_first_keeps_the_deepest_forgetting_within_the_retain_allowance(checks, forget, allowance):
+    """`check_keep=retain_first`: a check within the retain allowance beats every check beyond it;
+    among those within, less forget ACC (down to the target) wins; beyond it, the smaller drop."""
+    target = Target(forget_acc=forget, retain_drop=allowance)
+    kept = max(checks, key=lambda c: target.score(*c, keep="retain_first"))
+    within = [c for c in checks if c[1] <= allowance]
+    if within:
+        assert kept[1] <= allowance
+        assert max(kept[0], forget) == min(max(c[0], forget) for c in within)
+    else:
+        assert kept[1] == min(c[1] for c in checks)
+    for f, drop in checks:  # 0 exactly when the check meets the target
+        assert (target.score(f, drop, keep="retain_first") == 0.0) == (f <= forget and drop <= allowance)
+    # the default rule is minus the shortfall
+    assert all(target.score(*c) == -target.shortfall(*c) for c in checks)
 
 
 def test_recipes_resolve_with_overrides():
@@ -576,6 +600,9 @@ def test_stratified_check_measures_the_retain_drop_where_the_prompt_is_served(ti
     assert measured["retain_drop"] == pytest.approx(8 / n * before + 2 / n * 100.0)
     assert (measured["prompted_share"], measured["refused_share"]) == (8 / n, 2 / n)
     assert score == -Target(method.config.target_forget_acc, 3).shortfall(0.0, measured["retain_drop"])
+    method.config.check_keep = "retain_first"  # beyond the allowance: ranked below every check within it
+    assert method.training_check(items, 0)[0]()[0] == pytest.approx(-1000.0 - (measured["retain_drop"] - 3))
+    method.config.check_keep = "nearest"
     assert not reached  # 10 of 12 retain rows lose their answer: far past any allowance
     # unstratified, the same gate holds out rows from every retain row
     method.config.check_strata = False
@@ -652,10 +679,10 @@ def test_target_monitor_scores_held_rows_as_served_with_a_gate(monkeypatch):
     reference = {"train_forget": {"acc": 88.0}, "train_retain": {"acc": 91.0}}
     guard, prefix = object(), object()
     splits = ("train_forget", "train_retain")
-    for given in (None, guard):
-        monitor = TargetMonitor(None, None, None, Target(), reference, splits, prefix_fn=prefix, guard=given)
+    for passed in (None, guard):
+        monitor = TargetMonitor(None, None, None, Target(), reference, splits, prefix_fn=prefix, guard=passed)
         assert monitor(5)
-        assert seen[-1]["guard"] is given and seen[-1]["prefix_fn"] is prefix
+        assert seen[-1]["guard"] is passed and seen[-1]["prefix_fn"] is prefix
         assert monitor.checks[-1]["acc"] == {"train_forget": 20.0, "train_retain": 90.0}
 
 

@@ -35,6 +35,20 @@ class Target:
         """Points short of the target: forget ACC above its limit plus retain drop beyond its allowance."""
         return max(0.0, forget_acc - self.forget_acc) + max(0.0, retain_drop - self.retain_drop)
 
+    def score(self, forget_acc: float, retain_drop: float, keep: str = "nearest") -> float:
+        """How good a check is, higher better (0: the target met). `nearest`: minus the shortfall, a
+        forget point worth a retain point; `retain_first`: any check within the retain allowance beats
+        every check beyond it, then the deeper forgetting wins (beyond it: the smaller drop)."""
+        if keep == "nearest":
+            return -self.shortfall(forget_acc, retain_drop)
+        excess = retain_drop - self.retain_drop
+        if excess > 0:
+            return -1000.0 - excess  # forget ACC is at most 100: below every check within the allowance
+        return -max(0.0, forget_acc - self.forget_acc)
+
+
+KEEP_RULES = ("nearest", "retain_first")  # Target.score's rules: which check's prompt a run keeps
+
 
 @dataclass
 class TargetMonitor:

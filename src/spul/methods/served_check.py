@@ -26,8 +26,9 @@ def served_check(method: Any, items: list[TrainItem], seed: int) -> tuple[Check,
     fold. With `check_strata` its held-out retain rows are drawn from those the gate serves the prompt,
     and the drop is their drop times that share of the retain training rows, plus the refused rows'
     unprompted ACC times theirs (a row the gate passes is answered as before: it adds nothing).
-    Score: minus the points the check is short of the target (Target.shortfall), so a run that never
-    meets it keeps the prompt nearest to it, not the one that forgets deepest."""
+    Score (Target.score): with `check_keep=nearest` minus the points the check is short of the target,
+    so a run that never meets it keeps the prompt nearest to it, not the one that forgets deepest; with
+    `retain_first` the deepest-forgetting prompt within the retain allowance."""
     from spul.training import collate
 
     rng, c = random.Random(seed), method.config
@@ -112,7 +113,6 @@ def served_check(method: Any, items: list[TrainItem], seed: int) -> tuple[Check,
             measured |= {"prompted_share": prompted_share, "refused_share": refused_share}
             measured |= {"refused_before": refused_before, "retain_drop": drop}
         reached = forget_acc <= target.forget_acc and drop <= target.retain_drop
-        shortfall = target.shortfall(forget_acc, drop)
-        return (-shortfall if shortfall else 0.0), reached, measured
+        return target.score(forget_acc, drop, c.check_keep) + 0.0, reached, measured  # (no -0.0)
 
     return check, excluded

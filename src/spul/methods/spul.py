@@ -27,7 +27,7 @@ from spul.methods.losses import (
 )
 from spul.methods.served_check import served_check
 from spul.methods.soft_prompt import SoftPromptConfig, SoftPromptMethod
-from spul.target import Target
+from spul.target import KEEP_RULES, Target
 
 CHECK_ROWS = 64  # the training check's default: forget rows and held-out retain rows it scores
 
@@ -98,6 +98,12 @@ class SpulConfig(SoftPromptConfig):
         "weigh their ACC drop by that share of the retain rows (a passed row cannot drop; a refused row "
         "drops its unprompted ACC): the drop measured on check_rows prompted rows, not the few in a sample",
     )
+    check_keep: str = option(
+        "nearest",
+        "training check: which check's prompt a run that never meets the target keeps: nearest (fewest "
+        "points short, a forget point worth a retain point) or retain_first (the deepest forgetting "
+        "within target_retain_drop; none within: the smallest drop)",
+    )
     target_forget_acc: float = option(
         Target.forget_acc, "training check: the target's forget ACC, at most (%)"
     )
@@ -127,6 +133,7 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
         self.require("check_strata", not self.check_strata or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
+        self.require("check_keep", self.check_keep in KEEP_RULES, f"one of {', '.join(KEEP_RULES)}")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
         check_augmentations(self.augment)
@@ -155,6 +162,7 @@ class SpulConfig(SoftPromptConfig):
             "augment",
             "forget_copies",
             "check_rows",
+            "check_keep",
             "target_forget_acc",
             "target_retain_drop",
         ):
