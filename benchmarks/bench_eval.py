@@ -12,6 +12,7 @@ HF Trainer default on a CPU) and, where the CPU has it, under the same bf16 auto
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from common import alternate, bench_texts, load_bench_model, machine, report
@@ -84,6 +85,10 @@ def main() -> None:
             prefix_fn=(lambda: prefix) if prefix is not None else None,
         )
 
+    if lm.autocast_dtype is not None:
+        # spul's engine stores the frozen weights in the autocast dtype at its first call
+        # (`LoadedModel.cast_frozen`); the standard way keeps them as loaded: its own copy
+        model = copy.deepcopy(model)
     candidates = {
         "spul_engine": engine,
         "standard_fp32": lambda: standard_forward(lm, model, p, texts, args.batch_size, autocast=False),

@@ -30,7 +30,7 @@ from spul.prompting import Encoder, Template, Verbalizer
 from spul.training import TrainConfig, train
 
 
-def standard_trainer(method, reference, texts, items, is_forget, args, bf16: bool):
+def standard_trainer(method, model, reference, texts, items, is_forget, args, bf16: bool):
     """A HF Trainer computing the SPUL loss the straightforward way (built once, `.train()` per call)."""
     from transformers import Trainer, TrainingArguments
 
@@ -86,7 +86,7 @@ def standard_trainer(method, reference, texts, items, is_forget, args, bf16: boo
         use_cpu=method.lm.device.type == "cpu",
         seed=0,
     )
-    return SpulLossTrainer(model=method.peft, args=training_args, train_dataset=rows, data_collator=collate)
+    return SpulLossTrainer(model=model, args=training_args, train_dataset=rows, data_collator=collate)
 
 
 def peak_memory(name: str) -> float:
@@ -124,6 +124,9 @@ def main() -> None:
     encoder = Encoder(lm.tokenizer, template)
     verbalizer = Verbalizer.build(lm.tokenizer, ("negative", "positive"), template)
     generic = Verbalizer.build(lm.tokenizer, ("neutral", "unknown"), template)
+    # spul's method stores the frozen weights in the autocast dtype (`LoadedModel.cast_frozen`); the
+    # standard way keeps them as loaded: its model and reference copy come from this copy taken before
+    pristine = None if args.skip_standard or args.only == "spul" else copy.deepcopy(lm.model)
     method = get_method("spul")(lm, encoder, verbalizer, generic, num_virtual_tokens=args.p)
     is_forget = [i % 4 == 0 for i in range(n)]
     items = method.items(texts, labels, is_forget, seed=0)
@@ -134,10 +137,20 @@ def main() -> None:
 
     @functools.cache
     def reference_model():
-        return copy.deepcopy(lm.model)  # what the paper's code does for the KL term (one, shared)
+        return copy.deepcopy(pristine)  # what the paper's code does for the KL term (one, shared)
+
+    @functools.cache
+    def standard_model():
+        """The same P-tuning prompt over the weights as loaded (peft's own model)."""
+        from peft import get_peft_model
+
+        model = get_peft_model(pristine, copy.deepcopy(method.peft.peft_config["default"]))
+        model.prompt_encoder.to(lm.device)
+        return model
 
     def standard(bf16: bool):
-        return standard_trainer(method, reference_model(), texts, items, is_forget, args, bf16).train
+        reference, model = reference_model(), standard_model()
+        return standard_trainer(method, model, reference, texts, items, is_forget, args, bf16).train
 
     builders = {"spul": lambda: spul_run}
     if not args.skip_standard:
