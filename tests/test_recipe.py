@@ -483,6 +483,8 @@ def test_training_check_target_and_rows_are_options(tiny_lm, toy, tmp_path):
     assert len(check_with(check_rows=2)[1]) == 2
     with pytest.raises(SpulError, match="target_forget_acc"):
         get_method("spul").resolve({"target_forget_acc": 120})
+    with pytest.raises(SpulError, match="check_keep.*nearest, retain_first"):
+        get_method("spul").resolve({"check_keep": "deepest"})
 
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0, check_every=2, forget_share=0.5)
     base = {"num_virtual_tokens": 2, "prompt_position": "suffix", "forget_loss": "set"}
