@@ -40,11 +40,11 @@ class Target:
         forget point worth a retain point; `retain_first`: any check within the retain allowance beats
         every check beyond it, then the deeper forgetting wins (beyond it: the smaller drop)."""
         if keep == "nearest":
-            return -self.shortfall(forget_acc, retain_drop)
+            return 0.0 - self.shortfall(forget_acc, retain_drop)  # (0.0 - 0.0: never -0.0)
         excess = retain_drop - self.retain_drop
         if excess > 0:
             return -1000.0 - excess  # forget ACC is at most 100: below every check within the allowance
-        return -max(0.0, forget_acc - self.forget_acc)
+        return 0.0 - max(0.0, forget_acc - self.forget_acc)
 
 
 KEEP_RULES = ("nearest", "retain_first")  # Target.score's rules: which check's prompt a run keeps

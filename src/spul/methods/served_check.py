@@ -112,7 +112,7 @@ def served_check(method: Any, items: list[TrainItem], seed: int) -> tuple[Check,
             drop = prompted_share * drop + refused_share * refused_before
             measured |= {"prompted_share": prompted_share, "refused_share": refused_share}
             measured |= {"refused_before": refused_before, "retain_drop": drop}
-        reached = forget_acc <= target.forget_acc and drop <= target.retain_drop
-        return target.score(forget_acc, drop, c.check_keep) + 0.0, reached, measured  # (no -0.0)
+        reached = target.shortfall(forget_acc, drop) == 0  # the target's own rule
+        return target.score(forget_acc, drop, c.check_keep), reached, measured
 
     return check, excluded
