@@ -12,11 +12,16 @@ pair, docs/results.md; lr 3e-4 gave 0.63). Then:
 4. a MUSE-style PrivLeak per score: (AUC of the model - AUC of the retrained model) / AUC of the retrained
    model, forget pair (train_forget members vs test_forget non-members); 0 = indistinguishable from retrain.
 
-Each step is skipped when its output exists (rerun to resume). Writes OUT/memorisation.{json,md}.
+With `--seeds 0,1,2` each seed draws its own rows and fine-tunes anew (OUT/seed-S/); the summary gives each
+model's AUC and its distance to the retrained model's, mean ± std over the seeds (64 rows per side make one
+seed's AUC noise-sized: its 95 % interval is about ± 0.1). `--name` names the SPUL step, so another set of
+`--spul-args` (a lever) reuses each seed's fine-tune, retrained model and retrain audit.
 
-    python benchmarks/bench_memorisation.py --out runs/memorisation --data-dir ../shared/data
-    python benchmarks/bench_memorisation.py --out runs/memorisation-gated --data-dir ../shared/data \
-        --spul-args "--gate --method-args gate_recall=0.9,gate_refuse=0.02"
+Each step is skipped when its output exists (rerun to resume). Writes OUT/seed-S/memorisation.{json,md} and,
+with its name, OUT/NAME.{json,md} (the seeds' summary).
+
+    python benchmarks/bench_memorisation.py --out runs/memorisation --data-dir ../shared/data --seeds 0,1,2 \
+        --name gated --spul-args "--gate --method-args gate_recall=0.9,gate_refuse=0.02"
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def privleak(auc: float, retrained: float) -> float:
 
 
 def main() -> None:
-    """Run the scenario's steps (skipping finished ones) and print the PrivLeak table."""
+    """Run each seed's steps (skipping finished ones), print its PrivLeak table and the seeds' summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/memorisation")
     parser.add_argument("--data-dir", default=None)
@@ -53,23 +58,64 @@ def main() -> None:
     parser.add_argument("--forget", type=int, default=64, help="train_forget rows trained on")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tune (and retrain) epochs")
     parser.add_argument("--lr", type=float, default=1e-3)  # 3e-4 left forget AUC at 0.63
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (rows drawn, fine-tune, SPUL)")
+    parser.add_argument("--name", default="spul", help="the SPUL step's folder and summary name")
     parser.add_argument("--spul-args", default="", help="extra `spul unlearn` options for the SPUL step")
     args = parser.parse_args()
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1,2")
+    if args.name in ("finetuned", "retrain") or not args.name.isidentifier():
+        parser.error(f"--name {args.name!r}: a plain name other than finetuned / retrain")
     from spul.audit.mia import SCORE_TITLES  # here: --help stays free of heavy imports
 
+    results = {seed: run_seed(args, seed) for seed in seeds}
+    for seed, result in results.items():
+        table = markdown(result["table"], result["note"], SCORE_TITLES)
+        (Path(args.out) / f"seed-{seed}" / f"memorisation-{args.name}.md").write_text(table + "\n")
+        print(f"seed {seed}:\n{table}\n")
+    summary = seed_summary({seed: result["table"] for seed, result in results.items()})
+    lines = [
+        f"{args.name} ({args.spul_args or 'the default recipe'}), seeds {args.seeds}: forget-pair AUC mean "
+        "± std over the seeds, and its distance to the retrained model's AUC (|AUC - retrain|, mean ± std).",
+        "",
+        "| score | " + " | ".join(summary) + " |",
+        "|---" * (1 + len(summary)) + "|",
+    ]
+    for score in next(iter(summary.values())):
+        cells = []
+        for cell in (summary[model][score] for model in summary):
+            gap = "" if cell["gap_mean"] is None else f"; gap {cell['gap_mean']:.3f} ± {cell['gap_std']:.3f}"
+            cells.append(f"{cell['auc_mean']:.3f} ± {cell['auc_std']:.3f}{gap}")
+        lines.append(f"| {SCORE_TITLES[score]} | " + " | ".join(cells) + " |")
     out = Path(args.out)
-    data = ["--data", args.data, "--seed", str(args.seed)] + (
+    (out / f"{args.name}.json").write_text(json.dumps({"settings": vars(args), "summary": summary}, indent=2))
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict:
+    """One seed's fine-tune, SPUL step, retrain and audits (finished ones skipped); its PrivLeak table."""
+    out = Path(args.out) / f"seed-{seed}"
+    data = ["--data", args.data, "--seed", str(seed)] + (
         ["--data-dir", args.data_dir] if args.data_dir else []
     )
     rows = ["--limit", f"train_retain={args.retain},train_forget={args.forget}", "--eval-limit", "16"]
     model = ["--model", args.model]
     fit = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", "16"]
-    spul_extra = shlex.split(args.spul_args)
     seconds = {}
     steps = {
         "finetuned": ["finetune", *model, *data, *rows, *fit],
-        "spul": ["unlearn", *model, "--adapter", str(out / "finetuned"), *data, *rows, *spul_extra],
+        args.name: [
+            "unlearn",
+            *model,
+            "--adapter",
+            str(out / "finetuned"),
+            *data,
+            *rows,
+            *shlex.split(args.spul_args),
+        ],
         "retrain": ["unlearn", "--method", "retrain", *model, *data, *rows, *fit],
     }
     for name, command in steps.items():
@@ -77,7 +123,7 @@ def main() -> None:
             seconds[name] = spul(*command, "--out", str(out / name))
     cap = str(min(args.retain, args.forget))
     audits = {}
-    for name in ("spul", "retrain"):
+    for name in (args.name, "retrain"):
         folder = out / f"audit-{name}"
         if not (folder / "audit.json").is_file():
             common = ["--limit", cap, "--attack-rows", "0", "--no-probe-retain", "-q"]
@@ -86,10 +132,10 @@ def main() -> None:
             )
         audits[name] = json.loads((folder / "audit.json").read_text())
     retrained = audits["retrain"]["mia"]["unlearned"]["forget"]
-    models = {"fine-tuned": audits["spul"]["mia"]["fine_tuned"]["forget"]}
-    method = json.loads((out / "spul" / "spul.json").read_text())["hyperparameters"]["method"]
+    models = {"fine-tuned": audits[args.name]["mia"]["fine_tuned"]["forget"]}
+    method = json.loads((out / args.name / "spul.json").read_text())["hyperparameters"]["method"]
     title = "gated SPUL" if method.get("gate") else "SPUL"  # as saved (a resumed run may pass other args)
-    models |= {title: audits["spul"]["mia"]["unlearned"]["forget"], "retrain": retrained}
+    models |= {title: audits[args.name]["mia"]["unlearned"]["forget"], "retrain": retrained}
     table = {
         model: {
             score: {
@@ -103,31 +149,57 @@ def main() -> None:
         }
         for model, cells in models.items()
     }
-    result = {
-        "settings": vars(args),
-        "seconds": seconds,
-        "members": audits["spul"]["members"],
-        "table": table,
-    }
-    lines = [
+    note = (
         f"Forget pair: {cap} train_forget members vs {cap} test_forget non-members; fine-tune {args.epochs} "
-        f"epochs on {args.retain} + {args.forget} rows, seed {args.seed}. Cells: AUC [95% CI] / TPR at 5% "
-        "FPR (%) / PrivLeak (%, 0 = like the retrained model).",
-        "",
-        "| score | " + " | ".join(models) + " |",
-        "|---" * (1 + len(models)) + "|",
-    ]
-    for score in retrained:
+        f"epochs on {args.retain} + {args.forget} rows, seed {seed}. Cells: AUC [95% CI] / TPR at 5% "
+        "FPR (%) / PrivLeak (%, 0 = like the retrained model)."
+    )
+    result = {
+        "settings": vars(args) | {"seed": seed},
+        "seconds": seconds,
+        "members": audits[args.name]["members"],
+    }
+    result |= {"table": table, "note": note}
+    (out / f"memorisation-{args.name}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def markdown(table: dict, note: str, titles: dict[str, str]) -> str:
+    """One seed's table: a row per score, a column per model."""
+    lines = [note, "", "| score | " + " | ".join(table) + " |", "|---" * (1 + len(table)) + "|"]
+    for score in table["retrain"]:
         cells = []
-        for model in models:
+        for model in table:
             cell = table[model][score]
             low, high = cell["ci95"] or (float("nan"), float("nan"))
             tpr, leak = 100 * cell["tpr_at_5%_fpr"], cell["privleak"]
             cells.append(f"{cell['auc']:.3f} [{low:.2f}, {high:.2f}] / {tpr:.1f} / {leak:+.1f}")
-        lines.append(f"| {SCORE_TITLES[score]} | " + " | ".join(cells) + " |")
-    (out / "memorisation.json").write_text(json.dumps(result, indent=2))
-    (out / "memorisation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        lines.append(f"| {titles[score]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_summary(tables: dict[int, dict]) -> dict[str, dict[str, dict]]:
+    """Per model and score: AUC mean and std over the seeds' tables and, but for the retrained model, the
+    mean and std of |AUC - the retrained model's AUC| (each seed against its own retrained model)."""
+    import numpy as np
+
+    first = next(iter(tables.values()))
+    summary: dict[str, dict[str, dict]] = {}
+    for model in first:
+        summary[model] = {}
+        for score in first["retrain"]:
+            aucs = np.array([table[model][score]["auc"] for table in tables.values()])
+            cell = {
+                "auc_mean": float(aucs.mean()),
+                "auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
+            }
+            gaps = None
+            if model != "retrain":
+                gaps = np.abs(aucs - np.array([table["retrain"][score]["auc"] for table in tables.values()]))
+            cell["gap_mean"] = None if gaps is None else float(gaps.mean())
+            cell["gap_std"] = None if gaps is None else (float(gaps.std(ddof=1)) if len(gaps) > 1 else 0.0)
+            summary[model][score] = cell
+    return summary
 
 
 if __name__ == "__main__":

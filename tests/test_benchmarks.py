@@ -40,3 +40,33 @@ def test_train_benchmark_times_spul_and_both_standard_candidates(shared_data, tm
     assert set(result["examples_per_s"]) == {"spul", "standard_fp32", "standard_bf16"}
     assert all(rate > 0 for rate in result["examples_per_s"].values())
     assert set(result["peak_memory_gb"]) == set(result["examples_per_s"])
+
+
+def _memorisation_module():
+    """benchmarks/bench_memorisation.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_memorisation", ROOT / "benchmarks" / "bench_memorisation.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memorisation_summary_measures_each_seed_against_its_own_retrained_model():
+    seed_summary = _memorisation_module().seed_summary
+
+    def table(spul: float, retrain: float) -> dict:
+        return {"gated SPUL": {"label_loss": {"auc": spul}}, "retrain": {"label_loss": {"auc": retrain}}}
+
+    # seed 0: 0.60 vs 0.50 (gap 0.10); seed 1: 0.45 vs 0.55 (gap 0.10, below retrain): mean AUCs alike,
+    # gaps not (a gap from the mean AUCs would say 0.00)
+    summary = seed_summary({0: table(0.60, 0.50), 1: table(0.45, 0.55)})
+    cell = summary["gated SPUL"]["label_loss"]
+    assert cell["auc_mean"] == pytest.approx(0.525)
+    assert cell["auc_std"] == pytest.approx(0.1060660, abs=1e-6)
+    assert cell["gap_mean"] == pytest.approx(0.10) and cell["gap_std"] == pytest.approx(0.0, abs=1e-12)
+    assert summary["retrain"]["label_loss"]["gap_mean"] is None
+    one = seed_summary({3: table(0.7, 0.5)})["gated SPUL"]["label_loss"]
+    assert one["auc_std"] == 0.0 and one["gap_mean"] == pytest.approx(0.2)
