@@ -15,7 +15,9 @@ pair, docs/results.md; lr 3e-4 gave 0.63). Then:
 With `--seeds 0,1,2` each seed draws its own rows and fine-tunes anew (OUT/seed-S/); the summary gives each
 model's AUC and its distance to the retrained model's, mean ± std over the seeds (64 rows per side make one
 seed's AUC noise-sized: its 95 % interval is about ± 0.1). `--name` names the SPUL step, so another set of
-`--spul-args` (a lever) reuses each seed's fine-tune, retrained model and retrain audit.
+`--spul-args` (a lever) reuses each seed's fine-tune, retrained model and retrain audit. `--forget-all`: the
+SPUL step unlearns every train_forget row, as a deletion request covering the whole forgotten kind does (the
+README's demo); the members stay the rows the fine-tune saw (`spul audit --members finetune`).
 
 Each step is skipped when its output exists (rerun to resume). Writes OUT/seed-S/memorisation.{json,md} and,
 with its name, OUT/NAME.{json,md} (the seeds' summary).
@@ -61,6 +63,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (rows drawn, fine-tune, SPUL)")
     parser.add_argument("--name", default="spul", help="the SPUL step's folder and summary name")
     parser.add_argument("--spul-args", default="", help="extra `spul unlearn` options for the SPUL step")
+    parser.add_argument(
+        "--forget-all",
+        action="store_true",
+        help="the SPUL step unlearns every train_forget row (a deletion request covering the whole kind, as "
+        "the README's demo does), not only the fine-tune's; its audit's members stay the fine-tune's rows",
+    )
     args = parser.parse_args()
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -104,6 +112,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     rows = ["--limit", f"train_retain={args.retain},train_forget={args.forget}", "--eval-limit", "16"]
     model = ["--model", args.model]
     fit = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", "16"]
+    unlearned = ["--limit", f"train_retain={args.retain}", "--eval-limit", "16"] if args.forget_all else rows
     seconds = {}
     steps = {
         "finetuned": ["finetune", *model, *data, *rows, *fit],
@@ -113,7 +122,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
             "--adapter",
             str(out / "finetuned"),
             *data,
-            *rows,
+            *unlearned,
             *shlex.split(args.spul_args),
         ],
         "retrain": ["unlearn", "--method", "retrain", *model, *data, *rows, *fit],
@@ -127,6 +136,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         folder = out / f"audit-{name}"
         if not (folder / "audit.json").is_file():
             common = ["--limit", cap, "--attack-rows", "0", "--no-probe-retain", "-q"]
+            if args.forget_all and name == args.name:  # members: the rows the fine-tune memorised
+                common += ["--members", "finetune"]
             seconds[f"audit-{name}"] = spul(
                 "audit", "--prompt", str(out / name), *data, *common, "--out", str(folder)
             )

@@ -36,6 +36,7 @@ from spul.audit.tokens import sequence_stats
 from spul.cli import app
 from spul.data.selection import pick
 from spul.engine import OTHER, Scores, score
+from spul.errors import SpulError
 from spul.prompting import Encoder, Template, Verbalizer
 
 # --- membership-inference metrics -------------------------------------------------------------------
@@ -316,6 +317,31 @@ def test_finetune_rows_from_fingerprints_when_no_selection(tmp_path, toy):
     )
     assert _finetune_rows(toy, trained, str(tmp_path / "ft"), "toy") is None  # other rows: unknown
     assert _finetune_rows(toy, trained, None, "toy") is None
+
+
+def test_members_from_the_finetune_when_unlearning_covered_more_rows(tmp_path, toy):
+    from spul.audit.members import audit_data
+    from spul.data.selection import Selection
+    from spul.io import write_json_atomic
+
+    def manifest(forget: int) -> dict:
+        selection = Selection("toy", limit={"train_forget": forget}, seed=0).to_manifest()
+        return {"format": "spul/1", "data": {"selection": selection}}
+
+    write_json_atomic(tmp_path / "ft" / "spul.json", manifest(3))  # the fine-tune saw 3 forget rows
+    prompt = manifest(8) | {"base_model": {"adapter": str(tmp_path / "ft")}}  # unlearning covered 8
+    seen = set(toy.sample(limit={"train_forget": 3}, seed=0).train_forget.texts)
+    by_prompt, check = audit_data(prompt, toy, "toy", None, 0)
+    assert len(by_prompt.train_forget) == 8 and "prompt was trained on" in check["forget"]
+    assert check["in_finetune_data"]["train_forget"] == {"members": 8, "seen_by_finetune": 3}
+    by_finetune, check = audit_data(prompt, toy, "toy", None, 0, members="finetune")
+    assert set(by_finetune.train_forget.texts) == seen and "fine-tune was trained on" in check["forget"]
+    assert check["in_finetune_data"]["train_forget"] == {"members": 3, "seen_by_finetune": 3}
+    assert by_finetune.test_forget.texts == by_prompt.test_forget.texts  # the same non-members
+    with pytest.raises(SpulError, match="--members finetune: the rows the fine-tune"):
+        audit_data(manifest(8) | {"base_model": {}}, toy, "toy", None, 0, members="finetune")
+    with pytest.raises(SpulError, match="--members 'adapter': choose one of prompt, finetune"):
+        audit_data(prompt, toy, "toy", None, 0, members="adapter")
 
 
 def _named_toy_dir(folder, toy):

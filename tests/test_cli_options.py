@@ -86,6 +86,7 @@ REFUSED = [
     ("audit --attack-budget 0", "--attack-budget", ">= 1"),
     ("audit --attack-words 0", "--attack-words", ">= 1"),
     ("audit --attack-feedback loud", "--attack-feedback", "probabilities"),
+    ("audit --members adapter", "--members", "finetune"),
     ("serve --log-level loud --insecure-no-auth", "--log-level", "info"),
     ("serve --precision fp8 --insecure-no-auth", "--precision", "fp32"),
     ("serve --device nope --insecure-no-auth", "--device", "cpu"),

@@ -1,4 +1,5 @@
-"""Which rows are members: the train rows the prompt (and the fine-tune under it) were trained on."""
+"""Which rows are members: the train rows the prompt (and the fine-tune under it) were trained on, or the
+fine-tune's own rows when unlearning covered more than the fine-tune saw."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from spul.artifacts import MANIFEST, read_manifest
-from spul.data.selection import Limit, pick, trained_selection
+from spul.data.selection import MEMBER_SOURCES, Limit, pick, trained_selection
 from spul.data.splits import UnlearningData
+from spul.errors import SpulError
 
 
 def membership_check(
@@ -66,14 +68,25 @@ def audit_data(
     limit: Limit,
     seed: int,
     adapter: str | None = None,
+    members: str = "prompt",
 ) -> tuple[UnlearningData, dict[str, Any]]:
     """The audit's four splits of `full` (the whole `--data`) and the membership check of a saved artifact:
-    members = train rows it was trained on (drawn as its spul.json records), non-members = test rows (cut
-    like the members), each capped by `limit`."""
+    members = train rows it was trained on (drawn as its spul.json records; `members="finetune"`: the rows
+    its fine-tune was trained on), non-members = test rows (cut like the members), each capped by `limit`."""
+    if members not in MEMBER_SOURCES:
+        raise SpulError(f"--members {members!r}: choose one of {', '.join(MEMBER_SOURCES)}")
     selection = trained_selection(manifest, data)
     trained, pool = (selection.draw(full)[0], full.cut(selection.max_chars)) if selection else (full, full)
     adapter = adapter if adapter is not None else manifest["base_model"].get("adapter")
     finetune = _finetune_rows(full, trained, adapter, data)
-    dataset = pick(trained, pool, limit, seed)
+    if members == "finetune" and finetune is None:
+        raise SpulError(
+            f"--members finetune: the rows the fine-tune under this prompt was trained on are not known "
+            f"(no fine-tuned adapter with a recorded selection on --data {data}); use --members prompt"
+        )
+    dataset = pick(finetune if members == "finetune" else trained, pool, limit, seed)
     check = membership_check(dataset, trained, manifest.get("data", {}).get("forget_sha256"), finetune)
+    if members == "finetune":
+        check["forget"] = "train_forget rows the fine-tune was trained on; non-members: test_forget"
+        check["retain"] = "train_retain rows the fine-tune was trained on; non-members: test_retain"
     return dataset, check

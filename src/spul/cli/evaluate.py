@@ -37,7 +37,7 @@ from spul.cli.options import (
     one_of,
     user_errors,
 )
-from spul.data.selection import Limit, Selection, parse_limit
+from spul.data.selection import MEMBER_SOURCES, Limit, Selection, parse_limit
 from spul.errors import SpulError
 from spul.reporting import note
 
@@ -200,6 +200,14 @@ class AuditOptions:
         bool,
         typer.Option(help="reference-calibrated scores: the base model without the fine-tuned adapter"),
     ] = True
+    members: Annotated[
+        str,
+        typer.Option(
+            help="members: the train rows the prompt was trained on, or those its fine-tune was (when "
+            "unlearning covered rows the fine-tune never saw)",
+            callback=one_of(*MEMBER_SOURCES),
+        ),
+    ] = "prompt"
 
 
 @dataclass
@@ -239,16 +247,17 @@ def audited_rows(
     regex: str | None = None,
     keywords: str | None = None,
     test: str | None = None,
+    members: str = "prompt",
 ) -> tuple[UnlearningData, dict]:
     """The rows `spul audit` scores for a saved prompt (its label and generic words, `cap` rows per split)
-    and its member record (`spul.audit.members.audit_data`)."""
+    and its member record (`spul.audit.members.audit_data`; `members`: whose training rows)."""
     from spul.artifacts import read_manifest
     from spul.audit.members import audit_data
 
     manifest = read_manifest(prompt)
     words = [",".join(manifest[key]) for key in ("label_words", "generic_words")]
     full = load_full(data, data_dir, *words, regex, keywords, test)
-    return audit_data(manifest, full, data, cap, seed, adapter)
+    return audit_data(manifest, full, data, cap, seed, adapter, members)
 
 
 # Verbs list the shared option aliases of cli/options.py in one order, so their signatures look alike
@@ -280,7 +289,7 @@ def audit_cmd(
     from spul.pipeline import load_unlearned
 
     dataset, members = audited_rows(
-        prompt, data, data_dir, parse_limit(limit), seed, adapter, regex, keywords, test
+        prompt, data, data_dir, parse_limit(limit), seed, adapter, regex, keywords, test, checks.members
     )
     unlearned = load_unlearned(prompt, adapter=adapter, **machine.loading())
     reference = None

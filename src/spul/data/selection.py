@@ -148,6 +148,11 @@ def pick(trained: UnlearningData, pool: UnlearningData, limit: Limit, seed: int)
     return replace(trained, splits=splits, warnings=[])
 
 
+# whose training rows an audit's members are: the prompt's, or its fine-tune's (a deletion request can cover
+# more rows of the forgotten kind than the fine-tune saw; only the rows it saw were memorised)
+MEMBER_SOURCES = ("prompt", "finetune")
+
+
 def trained_selection(manifest: Mapping[str, Any], data: str) -> Selection | None:
     """How a saved artifact's training rows were drawn, when it was trained on this same `--data` alone
     (None: no record, other data, or a forget set that came from a ledger)."""
