@@ -376,6 +376,7 @@ def test_audit_end_to_end_writes_markdown_and_json(tmp_path, tiny_model_dir, toy
     markdown = (out / "audit.md").read_text()
     assert report["members"]["verified"] is True
     assert report["members"]["in_finetune_data"]["train_forget"] == {"members": 6, "seen_by_finetune": 6}
+    assert report["guard"] is None and "## The guard's decisions" not in markdown  # a plain prompt
     for model in ("fine_tuned", "unlearned"):
         for pair in ("forget", "retain"):
             names = (

@@ -549,6 +549,26 @@ def test_audit_probes_and_membership_stats_go_through_the_guard(toy, monkeypatch
     )
 
 
+def test_audit_reports_how_the_guard_treats_members_and_non_members(toy):
+    from spul.audit.markdown import _guard_lines
+
+    # a gate that refuses half its own training forget rows and only flags unseen ones: an oracle
+    refused = set(toy.train_forget.texts[:6])
+    level = {t: 2.0 if t in refused else 1.0 for t in toy.train_forget.texts + toy.test_forget.texts}
+    gate = EmbeddingGate(np.array([1.0], dtype=np.float32), 0.0, 0.5, refuse_threshold=1.5)
+    guard = Guard(TextGate(gate, lambda ts: np.array([[level.get(t, 0.0)] for t in ts])), PROMPT)
+    table = audit_report.guard_table(guard, toy, bootstrap=0, seed=0)
+    assert table["shares"]["train_forget"] == {"passed": 0.0, "flagged": 0.5, "generic": 0.5}
+    assert table["shares"]["test_forget"] == {"passed": 0.0, "flagged": 1.0, "generic": 0.0}
+    assert table["shares"]["test_retain"] == {"passed": 1.0, "flagged": 0.0, "generic": 0.0}
+    # members outrank non-members on the refused half, tie on the rest: 0.5 + 0.5 / 2
+    assert table["membership"]["forget"]["auc"] == pytest.approx(0.75)
+    assert table["membership"]["retain"]["auc"] == pytest.approx(0.5)
+    lines = "\n".join(_guard_lines(table))
+    assert "forget 0.750" in lines and "| train_forget | 0.0 | 50.0 | 50.0 |" in lines
+    assert _guard_lines(None) == []
+
+
 # ---- the command line -------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from spul.audit.mia import SCORE_TITLES
 from spul.audit.probes import RELEARN_SHOTS
-from spul.audit.report import ATTACK_GOAL, MODELS, PAIRS, model_labels
+from spul.audit.report import ATTACK_GOAL, GUARD_LEVELS, MODELS, PAIRS, model_labels
 from spul.io import write_json_atomic, write_text_atomic
 
 
@@ -23,6 +23,28 @@ def _entity_note(probes: dict[str, Any]) -> str:
 def _auc_cell(result: dict) -> str:
     low, high = result.get("ci95", (None, None))
     return f"{result['auc']:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+
+
+def _guard_lines(guard: dict[str, Any] | None) -> list[str]:
+    """How the guard answers each split, and the membership AUC of its decision alone (none: no guard)."""
+    if guard is None:
+        return []
+    lines = [
+        "## The guard's decisions",
+        "",
+        "Share of queries (%) the guard passes to the model alone, flags (a gated prompt answers them) or "
+        "answers generic outright; a client sees which kind of answer it got, so a guard that treats its "
+        "own training rows unlike unseen rows of the same kind tells membership by itself. Membership AUC "
+        "of the decision alone (0 passed, 1 flagged, 2 generic): "
+        + ", ".join(f"{pair} {_auc_cell(result)}" for pair, result in guard["membership"].items())
+        + ".",
+        "",
+        "| split | " + " | ".join(GUARD_LEVELS) + " |",
+        "|---" * (1 + len(GUARD_LEVELS)) + "|",
+    ]
+    for split, shares in guard["shares"].items():
+        lines.append(f"| {split} | " + " | ".join(f"{100 * shares[n]:.1f}" for n in GUARD_LEVELS) + " |")
+    return [*lines, ""]
 
 
 def _goal_line(goal: str, missed: list[str]) -> str:
@@ -73,6 +95,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         _goal_line(f"unlearned forget AUC within [{low}, {high}] for every score", missed),
         "",
         *_tpr_lines(mia, report.get("reference_model")),
+        *_guard_lines(report.get("guard")),
         "## Robustness probes (prompted model)",
         "",
         f"Accuracy (%) under each rewrite of the texts; a generic answer counts as wrong; after `·` the "

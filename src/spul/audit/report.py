@@ -37,6 +37,7 @@ ACC_GOAL = 25.0  # forget accuracy (percent) under every probe
 ATTACK_GOAL = (200, 30.0)  # at 200 queries per row, at most 30% of test-forget rows recovered
 PAIRS = {"forget": ("train_forget", "test_forget"), "retain": ("train_retain", "test_retain")}
 MODELS = ("fine_tuned", "unlearned")
+GUARD_LEVELS = ("passed", "flagged", "generic")  # a guard's decision on a query, in order
 
 LIMITATIONS = [
     "The prompt lives outside the weights: anyone holding the weights can drop it and gets the "
@@ -62,6 +63,24 @@ def mia_table(
         }
         for pair, (m, n) in PAIRS.items()
     }
+
+
+def guard_table(guard: Guard, data: UnlearningData, bootstrap: int, seed: int) -> dict[str, Any]:
+    """What the artifact's guard does with each split (shares passed to the model alone, flagged, answered
+    generic outright) and, per pair, the membership AUC of its decision alone (0 passed, 1 flagged, 2
+    generic): a gate fit on the forget rows may treat its own training rows unlike unseen rows of the
+    same kind, and a client sees which kind of answer it got."""
+    levels, shares = {}, {}
+    for split in SPLITS:
+        decision = guard.decide(data[split].texts)
+        level = np.where(decision.generic, 2, np.where(decision.flagged, 1, 0))
+        levels[split] = level
+        shares[split] = {name: float(np.mean(level == i)) for i, name in enumerate(GUARD_LEVELS)}
+    membership = {
+        pair: membership_auc(levels[m], levels[n], bootstrap=bootstrap, seed=seed)
+        for pair, (m, n) in PAIRS.items()
+    }
+    return {"shares": shares, "membership": membership}
 
 
 def served_answers(
@@ -265,6 +284,7 @@ def run_audit(
         "settings": {"k": k, "batch_size": batch_size, "seed": seed, "bootstrap": bootstrap},
         "reference_model": None if reference is None else reference.spec,
         "mia": mia,
+        "guard": None if unlearned.guard is None else guard_table(unlearned.guard, data, bootstrap, seed),
         "probes": {
             "entity_detection": finder.method,
             "entity_lexicon_size": len(finder.lexicon),
