@@ -113,7 +113,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     model = ["--model", args.model]
     fit = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", "16"]
     unlearned = ["--limit", f"train_retain={args.retain}", "--eval-limit", "16"] if args.forget_all else rows
-    seconds = {}
+    saved = out / f"memorisation-{args.name}.json"  # a resumed run keeps the seconds of the steps it skips
+    seconds = json.loads(saved.read_text())["seconds"] if saved.is_file() else {}
     steps = {
         "finetuned": ["finetune", *model, *data, *rows, *fit],
         args.name: [
@@ -171,7 +172,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "members": audits[args.name]["members"],
     }
     result |= {"table": table, "note": note}
-    (out / f"memorisation-{args.name}.json").write_text(json.dumps(result, indent=2))
+    saved.write_text(json.dumps(result, indent=2))
     return result
 
 
