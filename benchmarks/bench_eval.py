@@ -15,7 +15,7 @@ import argparse
 import copy
 
 import torch
-from common import alternate, bench_texts, load_bench_model, machine, report
+from common import SHAPES, alternate, bench_texts, load_bench_model, machine, report
 
 from spul.engine import score
 from spul.prompting import Encoder, Template, Verbalizer
@@ -41,7 +41,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--random-shape", choices=["llama2-7b", "smollm2-135m"])
+    parser.add_argument("--random-shape", choices=list(SHAPES))
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=30, help="soft prompt length p (0: none)")

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from common import bench_texts, load_bench_model, machine, report
+from common import SHAPES, bench_texts, load_bench_model, machine, report
 
 from spul.engine import prefix_kv, score
 from spul.prompting import Encoder, Template, Verbalizer
@@ -30,7 +30,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--random-shape", choices=["llama2-7b", "smollm2-135m"])
+    parser.add_argument("--random-shape", choices=list(SHAPES))
     parser.add_argument("--prompt", help="a saved unlearning prompt (else a random one of --p tokens)")
     parser.add_argument("--p", type=int, default=30)
     parser.add_argument("--queries", type=int, default=64, help="single queries timed per candidate")

@@ -22,7 +22,7 @@ import sys
 import tempfile
 
 import torch
-from common import PeakMemory, alternate, bench_texts, load_bench_model, machine, matmul_flops, report
+from common import SHAPES, PeakMemory, alternate, bench_texts, load_bench_model, machine, matmul_flops, report
 
 from spul.methods import get_method
 from spul.methods.losses import answer_kl, answer_nll, masked_mean
@@ -102,7 +102,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--random-shape", choices=["llama2-7b", "smollm2-135m"])
+    parser.add_argument("--random-shape", choices=list(SHAPES))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per timed run")
     parser.add_argument("--p", type=int, default=30)

@@ -37,6 +37,15 @@ SHAPES = {
         num_key_value_heads=3,
         vocab_size=49152,
     ),
+    # SmolLM2's vocabulary on a toy body: the benchmarks' smoke tests, fast even where bf16 is emulated
+    "smoke": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+    ),
 }
 
 
