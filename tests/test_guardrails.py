@@ -549,6 +549,22 @@ def test_audit_probes_and_membership_stats_go_through_the_guard(toy, monkeypatch
     )
 
 
+def test_audit_of_a_guard_artifact_decides_each_audited_split_once(guard_artifact, toy, monkeypatch):
+    from collections import Counter
+
+    out, _ = guard_artifact("gate")
+    heuristic = EntityFinder(method="capitalised-heuristic")  # the audit's probes, without spaCy
+    monkeypatch.setattr(EntityFinder, "create", staticmethod(lambda: heuristic))
+    unlearned = load_unlearned(out, device="cpu", precision="fp32")
+    calls, decide = Counter(), unlearned.guard.decide
+    unlearned.guard.decide = lambda texts: calls.update([tuple(texts)]) or decide(texts)
+    report = audit_report.run_audit(unlearned, toy, bootstrap=0, probe_retain=False, show_progress=False)
+    # the membership scores and the guard section share one decision per split (the gate embeds each
+    # text once); retain splits are not probed, so nothing else decides on them
+    assert calls[tuple(toy.train_retain.texts)] == calls[tuple(toy.test_retain.texts)] == 1
+    assert report["guard"]["shares"]["train_forget"]["generic"] == 1.0  # a generic-answer guard
+
+
 def test_audit_reports_how_the_guard_treats_members_and_non_members(toy):
     from spul.audit.markdown import _guard_lines
 

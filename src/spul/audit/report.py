@@ -65,14 +65,21 @@ def mia_table(
     }
 
 
-def guard_table(guard: Guard, data: UnlearningData, bootstrap: int, seed: int) -> dict[str, Any]:
+def guard_table(
+    guard: Guard,
+    data: UnlearningData,
+    bootstrap: int,
+    seed: int,
+    decisions: dict[str, Decision] | None = None,
+) -> dict[str, Any]:
     """What the artifact's guard does with each split (shares passed to the model alone, flagged, answered
     generic outright) and, per pair, the membership AUC of its decision alone (0 passed, 1 flagged, 2
     generic): a gate fit on the forget rows may treat its own training rows unlike unseen rows of the
-    same kind, and a client sees which kind of answer it got."""
+    same kind, and a client sees which kind of answer it got. `decisions`: the guard's, per split, when
+    already made."""
     levels, shares = {}, {}
     for split in SPLITS:
-        decision = guard.decide(data[split].texts)
+        decision = decisions[split] if decisions else guard.decide(data[split].texts)
         level = np.where(decision.generic, 2, np.where(decision.flagged, 1, 0))
         levels[split] = level
         shares[split] = {name: float(np.mean(level == i)) for i, name in enumerate(GUARD_LEVELS)}
@@ -250,6 +257,9 @@ def run_audit(
     baseline = None
     if reference is not None:
         baseline = {s: example_scores(v, k) for s, v in stats_of(reference, None, "reference").items()}
+    guard = unlearned.guard
+    # the guard's decisions on the audited rows, made once: the gate embeds every text
+    decisions = {s: guard.decide(data[s].texts) for s in SPLITS} if guard is not None else None
     mia, alone = {}, None
     for model_name, prefix_fn in zip(MODELS, (None, unlearned.prefix_fn), strict=True):
         # without a soft prompt both runs score the same model the same way: computed once
@@ -257,9 +267,9 @@ def run_audit(
         stats = alone if same_run else stats_of(lm, prefix_fn, model_name)
         if model_name == "fine_tuned":
             alone = stats
-        elif unlearned.guard is not None:
+        elif guard is not None:
             stats = {
-                s: guarded_stats(v, alone[s], data[s].texts, unlearned.guard, k_labels)
+                s: guarded_stats(v, alone[s], data[s].texts, guard, k_labels, decisions[s])
                 for s, v in stats.items()
             }
         scores = {s: example_scores(v, k) for s, v in stats.items()}
@@ -284,7 +294,7 @@ def run_audit(
         "settings": {"k": k, "batch_size": batch_size, "seed": seed, "bootstrap": bootstrap},
         "reference_model": None if reference is None else reference.spec,
         "mia": mia,
-        "guard": None if unlearned.guard is None else guard_table(unlearned.guard, data, bootstrap, seed),
+        "guard": None if guard is None else guard_table(guard, data, bootstrap, seed, decisions),
         "probes": {
             "entity_detection": finder.method,
             "entity_lexicon_size": len(finder.lexicon),
@@ -316,13 +326,18 @@ def _attack_met(adaptive: dict[str, Any] | None) -> bool | None:
 
 
 def guarded_stats(
-    stats: list[TokenStats], alone: list[TokenStats], texts: list[str], guard: Guard, num_labels: int
+    stats: list[TokenStats],
+    alone: list[TokenStats],
+    texts: list[str],
+    guard: Guard,
+    num_labels: int,
+    decision: Decision | None = None,
 ) -> list[TokenStats]:
     """The statistics a guarded model shows. A row the guard flags: with a generic-answer guard the same
     answer for every flagged row (uniform label log-probabilities, no membership signal); with a gated
     prompt the prompted row's `stats`, unless its gate refuses the row (then as a generic-answer guard). A
-    row it does not flag: the model alone's (`alone`)."""
-    decision, prompt = guard.decide(texts), guard.action == PROMPT
+    row it does not flag: the model alone's (`alone`). `decision`: the guard's on `texts`, when made."""
+    decision, prompt = decision or guard.decide(texts), guard.action == PROMPT
     uniform = -float(np.log(num_labels))
     same = TokenStats(np.array([uniform]), np.array([uniform]), np.zeros(1), uniform, 0.0, "")
     rows = zip(stats, alone, decision.flagged, decision.generic, strict=True)
