@@ -18,6 +18,8 @@ seed's AUC noise-sized: its 95 % interval is about ± 0.1). `--name` names the S
 `--spul-args` (a lever) reuses each seed's fine-tune, retrained model and retrain audit. `--forget-all`: the
 SPUL step unlearns every train_forget row, as a deletion request covering the whole forgotten kind does (the
 README's demo); the members stay the rows the fine-tune saw (`spul audit --members finetune`).
+`--spul-retain N`: the SPUL step draws N train_retain rows instead of the fine-tune's own (a gate fit on
+the fine-tune's retain rows alone learns those rows, not the task).
 
 Each step is skipped when its output exists (rerun to resume). Writes OUT/seed-S/memorisation.{json,md} and,
 with its name, OUT/NAME.{json,md} (the seeds' summary).
@@ -69,6 +71,13 @@ def main() -> None:
         help="the SPUL step unlearns every train_forget row (a deletion request covering the whole kind, as "
         "the README's demo does), not only the fine-tune's; its audit's members stay the fine-tune's rows",
     )
+    parser.add_argument(
+        "--spul-retain",
+        type=int,
+        default=None,
+        help="train_retain rows the SPUL step draws (default: --retain, the fine-tune's own rows); more "
+        "rows of the task spread its retain side (and a gate's) beyond the rows the fine-tune memorised",
+    )
     args = parser.parse_args()
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -103,19 +112,14 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> dict:
-    """One seed's fine-tune, SPUL step, retrain and audits (finished ones skipped); its PrivLeak table."""
-    out = Path(args.out) / f"seed-{seed}"
-    data = ["--data", args.data, "--seed", str(seed)] + (
-        ["--data-dir", args.data_dir] if args.data_dir else []
-    )
+def seed_steps(args: argparse.Namespace, out: Path, data: list[str]) -> dict[str, list[str]]:
+    """The `spul` commands of one seed's fine-tune, SPUL step and retrain (without --out)."""
     rows = ["--limit", f"train_retain={args.retain},train_forget={args.forget}", "--eval-limit", "16"]
     model = ["--model", args.model]
     fit = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", "16"]
-    unlearned = ["--limit", f"train_retain={args.retain}", "--eval-limit", "16"] if args.forget_all else rows
-    saved = out / f"memorisation-{args.name}.json"  # a resumed run keeps the seconds of the steps it skips
-    seconds = json.loads(saved.read_text())["seconds"] if saved.is_file() else {}
-    steps = {
+    forget = "" if args.forget_all else f",train_forget={args.forget}"
+    unlearned = ["--limit", f"train_retain={args.spul_retain or args.retain}{forget}", "--eval-limit", "16"]
+    return {
         "finetuned": ["finetune", *model, *data, *rows, *fit],
         args.name: [
             "unlearn",
@@ -128,7 +132,17 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         ],
         "retrain": ["unlearn", "--method", "retrain", *model, *data, *rows, *fit],
     }
-    for name, command in steps.items():
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict:
+    """One seed's fine-tune, SPUL step, retrain and audits (finished ones skipped); its PrivLeak table."""
+    out = Path(args.out) / f"seed-{seed}"
+    data = ["--data", args.data, "--seed", str(seed)] + (
+        ["--data-dir", args.data_dir] if args.data_dir else []
+    )
+    saved = out / f"memorisation-{args.name}.json"  # a resumed run keeps the seconds of the steps it skips
+    seconds = json.loads(saved.read_text())["seconds"] if saved.is_file() else {}
+    for name, command in seed_steps(args, out, data).items():
         if not (out / name / "spul.json").is_file():
             seconds[name] = spul(*command, "--out", str(out / name))
     cap = str(min(args.retain, args.forget))

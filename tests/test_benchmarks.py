@@ -77,3 +77,21 @@ def test_memorisation_summary_measures_each_seed_against_its_own_retrained_model
     assert summary["retrain"]["label_loss"]["gap_mean"] is None
     one = seed_summary({3: table(0.7, 0.5)})["gated SPUL"]["label_loss"]
     assert one["auc_std"] == 0.0 and one["gap_mean"] == pytest.approx(0.2)
+
+
+def test_memorisation_spul_step_draws_the_rows_asked_for():
+    from argparse import Namespace
+
+    module = _memorisation_module()
+    base = dict(model="m", retain=64, forget=64, epochs=10, lr=1e-3, name="x", spul_args="--gate")
+    limit = lambda command: command[command.index("--limit") + 1]  # noqa: E731
+
+    plain = Namespace(**base, forget_all=False, spul_retain=None)
+    steps = module.seed_steps(plain, Path("o"), ["--seed", "1"])
+    assert list(steps) == ["finetuned", "x", "retrain"]
+    assert limit(steps["finetuned"]) == limit(steps["x"]) == limit(steps["retrain"])
+    assert steps["x"][-1] == "--gate"
+    assert steps["x"][steps["x"].index("--adapter") + 1] == str(Path("o/finetuned"))
+    covering = module.seed_steps(Namespace(**base, forget_all=True, spul_retain=1000), Path("o"), [])
+    assert limit(covering["x"]) == "train_retain=1000"  # every forget row, 1,000 retain rows
+    assert limit(covering["finetuned"]) == "train_retain=64,train_forget=64"  # the fine-tune unchanged
