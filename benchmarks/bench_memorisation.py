@@ -92,10 +92,13 @@ def main() -> None:
         table = markdown(result["table"], result["note"], SCORE_TITLES)
         (Path(args.out) / f"seed-{seed}" / f"memorisation-{args.name}.md").write_text(table + "\n")
         print(f"seed {seed}:\n{table}\n")
-    summary = seed_summary({seed: result["table"] for seed, result in results.items()})
+    summary = seed_summary({seed: with_chance(result["table"]) for seed, result in results.items()})
     lines = [
         f"{args.name} ({args.spul_args or 'the default recipe'}), seeds {args.seeds}: forget-pair AUC mean "
-        "± std over the seeds, and its distance to the retrained model's AUC (|AUC - retrain|, mean ± std).",
+        "± std over the seeds, and its distance to the retrained model's AUC (|AUC - retrain|, mean ± std). "
+        f"'{CHANCE}': a model whose scores tell nothing about membership; its distance is how far the "
+        "retrained model's own AUC sits from chance on these rows (the smallest gap that forgetting "
+        "everything would give).",
         "",
         "| score | " + " | ".join(summary) + " |",
         "|---" * (1 + len(summary)) + "|",
@@ -202,6 +205,16 @@ def markdown(table: dict, note: str, titles: dict[str, str]) -> str:
             cells.append(f"{cell['auc']:.3f} [{low:.2f}, {high:.2f}] / {tpr:.1f} / {leak:+.1f}")
         lines.append(f"| {titles[score]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+CHANCE = "no signal"
+
+
+def with_chance(table: dict) -> dict:
+    """One seed's table with a model at AUC 0.5 on every score (no membership signal) before retrain."""
+    models = {model: cells for model, cells in table.items() if model != "retrain"}
+    models[CHANCE] = {score: {"auc": 0.5} for score in table["retrain"]}
+    return models | {"retrain": table["retrain"]}
 
 
 def seed_summary(tables: dict[int, dict]) -> dict[str, dict[str, dict]]:

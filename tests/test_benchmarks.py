@@ -62,7 +62,8 @@ def _memorisation_module():
 
 
 def test_memorisation_summary_measures_each_seed_against_its_own_retrained_model():
-    seed_summary = _memorisation_module().seed_summary
+    module = _memorisation_module()
+    seed_summary = module.seed_summary
 
     def table(spul: float, retrain: float) -> dict:
         return {"gated SPUL": {"label_loss": {"auc": spul}}, "retrain": {"label_loss": {"auc": retrain}}}
@@ -77,6 +78,11 @@ def test_memorisation_summary_measures_each_seed_against_its_own_retrained_model
     assert summary["retrain"]["label_loss"]["gap_mean"] is None
     one = seed_summary({3: table(0.7, 0.5)})["gated SPUL"]["label_loss"]
     assert one["auc_std"] == 0.0 and one["gap_mean"] == pytest.approx(0.2)
+    # no signal at all is as far from retrain as retrain is from chance: 0.05 and 0.05
+    tables = {0: table(0.60, 0.45), 1: table(0.45, 0.55)}
+    chance = seed_summary({seed: module.with_chance(t) for seed, t in tables.items()})
+    assert list(chance) == ["gated SPUL", module.CHANCE, "retrain"]
+    assert chance[module.CHANCE]["label_loss"]["gap_mean"] == pytest.approx(0.05)
 
 
 def test_memorisation_spul_step_draws_the_rows_asked_for():
