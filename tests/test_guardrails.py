@@ -536,13 +536,18 @@ def test_audit_probes_and_membership_stats_go_through_the_guard(toy, monkeypatch
         for t in ("a sandler", "a film")
     ]
     alone = [replace(s, text=s.text + " alone") for s in stats]
-    flagged, kept = audit_report.guarded_stats(stats, alone, ["a sandler", "a film"], guard, 2)
+    texts = ["a sandler", "a film"]
+
+    def shown(guard):  # the statistics the guarded model shows on `texts`
+        return audit_report.guarded_stats(stats, alone, guard.decide(texts), guard.action == PROMPT, 2)
+
+    flagged, kept = shown(guard)
     assert flagged.label_logprob == -np.log(2) and flagged.text == "" and kept is alone[1]
     gated = Guard(KeywordFilter(("sandler",)), PROMPT)  # gated SPUL: the prompted row where it flags
-    assert audit_report.guarded_stats(stats, alone, ["a sandler", "a film"], gated, 2) == [stats[0], alone[1]]
+    assert shown(gated) == [stats[0], alone[1]]
     refusing = EmbeddingGate(np.array([1.0], dtype=np.float32), 0.0, 0.5, refuse_threshold=0.5)
     by_gate = Guard(TextGate(refusing, lambda ts: np.array([[float("sandler" in t)] for t in ts])), PROMPT)
-    refused, kept = audit_report.guarded_stats(stats, alone, ["a sandler", "a film"], by_gate, 2)
+    refused, kept = shown(by_gate)
     assert refused.label_logprob == -np.log(2) and kept is alone[1]  # a refused row: no membership signal
     assert (
         audit_report.model_labels(False, guarded=True)["fine_tuned"] == "the fine-tuned model, guard dropped"
@@ -573,7 +578,7 @@ def test_audit_reports_how_the_guard_treats_members_and_non_members(toy):
     level = {t: 2.0 if t in refused else 1.0 for t in toy.train_forget.texts + toy.test_forget.texts}
     gate = EmbeddingGate(np.array([1.0], dtype=np.float32), 0.0, 0.5, refuse_threshold=1.5)
     guard = Guard(TextGate(gate, lambda ts: np.array([[level.get(t, 0.0)] for t in ts])), PROMPT)
-    table = audit_report.guard_table(guard, toy, bootstrap=0, seed=0)
+    table = audit_report.guard_table({s: guard.decide(toy[s].texts) for s in toy.splits}, 0, seed=0)
     assert table["shares"]["train_forget"] == {"passed": 0.0, "flagged": 0.5, "generic": 0.5}
     assert table["shares"]["test_forget"] == {"passed": 0.0, "flagged": 1.0, "generic": 0.0}
     assert table["shares"]["test_retain"] == {"passed": 1.0, "flagged": 0.0, "generic": 0.0}

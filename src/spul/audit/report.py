@@ -25,7 +25,7 @@ from spul.audit.probes import (
 from spul.audit.tokens import sequence_stats
 from spul.data.splits import FORGET_SPLITS, SPLITS, UnlearningData
 from spul.evaluation import guarded_score
-from spul.guardrails import PROMPT, Decision, Guard
+from spul.guardrails import PROMPT, Decision
 from spul.metrics import split_metrics
 from spul.models import LoadedModel
 from spul.pipeline import Unlearned
@@ -65,21 +65,13 @@ def mia_table(
     }
 
 
-def guard_table(
-    guard: Guard,
-    data: UnlearningData,
-    bootstrap: int,
-    seed: int,
-    decisions: dict[str, Decision] | None = None,
-) -> dict[str, Any]:
-    """What the artifact's guard does with each split (shares passed to the model alone, flagged, answered
-    generic outright) and, per pair, the membership AUC of its decision alone (0 passed, 1 flagged, 2
-    generic): a gate fit on the forget rows may treat its own training rows unlike unseen rows of the
-    same kind, and a client sees which kind of answer it got. `decisions`: the guard's, per split, when
-    already made."""
+def guard_table(decisions: dict[str, Decision], bootstrap: int, seed: int) -> dict[str, Any]:
+    """What the artifact's guard did with each split (`decisions`: shares passed to the model alone,
+    flagged, answered generic outright) and, per pair, the membership AUC of its decision alone (0 passed,
+    1 flagged, 2 generic): a gate fit on the forget rows may treat its own training rows unlike unseen rows
+    of the same kind, and a client sees which kind of answer it got."""
     levels, shares = {}, {}
-    for split in SPLITS:
-        decision = decisions[split] if decisions else guard.decide(data[split].texts)
+    for split, decision in decisions.items():
         level = np.where(decision.generic, 2, np.where(decision.flagged, 1, 0))
         levels[split] = level
         shares[split] = {name: float(np.mean(level == i)) for i, name in enumerate(GUARD_LEVELS)}
@@ -269,7 +261,7 @@ def run_audit(
             alone = stats
         elif guard is not None:
             stats = {
-                s: guarded_stats(v, alone[s], data[s].texts, guard, k_labels, decisions[s])
+                s: guarded_stats(v, alone[s], decisions[s], guard.action == PROMPT, k_labels)
                 for s, v in stats.items()
             }
         scores = {s: example_scores(v, k) for s, v in stats.items()}
@@ -294,7 +286,7 @@ def run_audit(
         "settings": {"k": k, "batch_size": batch_size, "seed": seed, "bootstrap": bootstrap},
         "reference_model": None if reference is None else reference.spec,
         "mia": mia,
-        "guard": None if guard is None else guard_table(guard, data, bootstrap, seed, decisions),
+        "guard": None if guard is None else guard_table(decisions, bootstrap, seed),
         "probes": {
             "entity_detection": finder.method,
             "entity_lexicon_size": len(finder.lexicon),
@@ -326,18 +318,13 @@ def _attack_met(adaptive: dict[str, Any] | None) -> bool | None:
 
 
 def guarded_stats(
-    stats: list[TokenStats],
-    alone: list[TokenStats],
-    texts: list[str],
-    guard: Guard,
-    num_labels: int,
-    decision: Decision | None = None,
+    stats: list[TokenStats], alone: list[TokenStats], decision: Decision, prompt: bool, num_labels: int
 ) -> list[TokenStats]:
-    """The statistics a guarded model shows. A row the guard flags: with a generic-answer guard the same
-    answer for every flagged row (uniform label log-probabilities, no membership signal); with a gated
-    prompt the prompted row's `stats`, unless its gate refuses the row (then as a generic-answer guard). A
-    row it does not flag: the model alone's (`alone`). `decision`: the guard's on `texts`, when made."""
-    decision, prompt = decision or guard.decide(texts), guard.action == PROMPT
+    """The statistics a guarded model shows, given its guard's `decision` on the rows. A row the guard
+    flags: with a generic-answer guard the same answer for every flagged row (uniform label
+    log-probabilities, no membership signal); with a gated prompt (`prompt`) the prompted row's `stats`,
+    unless its gate refuses the row (then as a generic-answer guard). A row it does not flag: the model
+    alone's (`alone`)."""
     uniform = -float(np.log(num_labels))
     same = TokenStats(np.array([uniform]), np.array([uniform]), np.zeros(1), uniform, 0.0, "")
     rows = zip(stats, alone, decision.flagged, decision.generic, strict=True)
