@@ -122,6 +122,21 @@ def test_gate_refusal_threshold_lets_that_share_of_retain_rows_through_and_is_sa
         EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, refuse=1.0)
 
 
+def test_gate_c_is_the_regularisation_of_its_fit():
+    """`c`: C = 1 is the default fit; a lower C fits with smaller weights; C must be > 0."""
+    rng = np.random.default_rng(4)
+    direction = rng.normal(size=16)
+    forget = rng.normal(size=(80, 16)) + 0.5 * direction
+    retain = rng.normal(size=(200, 16)) - 0.5 * direction
+    default = EmbeddingGate.fit(forget, retain, seed=0)
+    strong = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, c=1.0)[0]
+    weak = EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, c=0.01)[0]
+    assert np.array_equal(default.weights, strong.weights)
+    assert np.linalg.norm(weak.weights) < np.linalg.norm(strong.weights) / 2
+    with pytest.raises(SpulError, match="regularisation C must be > 0"):
+        EmbeddingGate.fit_out_of_fold(forget, retain, seed=0, c=0.0)
+
+
 def test_gate_out_of_fold_scores_read_the_pieces_as_served():
     """With `pieces` each training row is scored as the gate reads a query: the highest of its own and its
     pieces' out-of-fold scores; the classifier itself is trained on the rows alone."""

@@ -121,6 +121,7 @@ def test_option_names_are_the_config_fields():
         "gate_embedder",
         "gate_recall",
         "gate_refuse",
+        "gate_c",
         "gate_focus",
         "gate_names",
         "check_strata",

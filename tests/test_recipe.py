@@ -668,6 +668,17 @@ def test_gated_spul_gate_recall_sets_how_many_forget_rows_get_the_prompt(tiny_lm
         get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate_focus=0.5)
     with pytest.raises(SpulError, match="gate_recall"):
         get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate=True, gate_recall=0.0)
+    # gate_c: the gate's regularisation reaches its fit (a lower C, smaller weights) and is recorded when set
+    norms, encoder = {}, Encoder(tiny_lm.tokenizer, template)
+    for c in (1.0, 0.01):
+        method = get_method("spul")(tiny_lm, encoder, *words, **options, gate_c=c)
+        method.items(texts, labels, is_forget, 0)
+        norms[c] = np.linalg.norm(method.gate_rule.gate.weights)
+        assert method.config.hyperparameters().get("gate_c") == (None if c == 1.0 else c)
+    assert norms[0.01] < norms[1.0] / 2
+    for bad in ({"gate": True, "gate_c": 0.0}, {"gate_c": 0.5}):  # > 0, and given only with --gate
+        with pytest.raises(SpulError, match="gate_c"):
+            get_method("spul")(tiny_lm, encoder, *words, **bad)
     with pytest.raises(SpulError, match="only with --gate"):
         get_method("spul")(tiny_lm, Encoder(tiny_lm.tokenizer, template), *words, gate_recall=0.5)
 

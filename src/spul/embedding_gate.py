@@ -54,13 +54,15 @@ class EmbeddingGate:
         groups: np.ndarray | None = None,
         pieces: tuple[np.ndarray, np.ndarray] | None = None,
         refuse: float = 0.0,
+        c: float = 1.0,
     ) -> tuple[EmbeddingGate, np.ndarray]:
         """`fit`, and each training row's out-of-fold score (forget rows first): what the gate would score
         that row had it not been trained on it. `groups` (one id per row, forget rows first) keeps rows of
         one group in one fold: rewritten copies of a row are scored by a gate that saw none. `pieces`
         (vectors, the row each belongs to): a row's score is the highest of its own and its pieces', as a
         gate reading pieces scores it, and the thresholds are chosen on those scores. `refuse` (0-1): the
-        refusal threshold lets at most that share of the retain rows through, out of fold (0: none)."""
+        refusal threshold lets at most that share of the retain rows through, out of fold (0: none). `c`:
+        the logistic regression's inverse regularisation strength (lower: a smoother fit of its rows)."""
         from sklearn.base import clone
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -71,7 +73,9 @@ class EmbeddingGate:
             raise SpulError(f"the gate needs at least {folds} forget and {folds} retain training rows")
         if not 0 <= refuse < 1:
             raise SpulError(f"the gate's refusal share must be in [0, 1), got {refuse}")
-        model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+        if not c > 0:
+            raise SpulError(f"the gate's regularisation C must be > 0, got {c}")
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
         if groups is None:
             split = StratifiedKFold(folds, shuffle=True, random_state=seed)
         else:

@@ -236,17 +236,20 @@ def fit_text_gate(
     recall: float | None = None,
     groups: np.ndarray | None = None,
     refuse: float = 0.0,
+    c: float = 1.0,
+    embed: Embedder | None = None,
 ) -> tuple[TextGate, np.ndarray]:
-    """Embed the training rows and fit the gate on forget (1) vs retain (0) (`recall`, `groups`, `refuse`:
-    see EmbeddingGate.fit_out_of_fold); also each row's out-of-fold score (forget rows first). The gate
-    reads each sentence of a query and its runs of GATE_WINDOW words (`gate_pieces`), and so are the
-    training rows scored out of fold, where its thresholds are chosen."""
+    """Embed the training rows and fit the gate on forget (1) vs retain (0) (`recall`, `groups`, `refuse`,
+    `c`: see EmbeddingGate.fit_out_of_fold; `embed`: that embedder, already loaded); also each row's
+    out-of-fold score (forget rows first). The gate reads each sentence of a query and its runs of
+    GATE_WINDOW words (`gate_pieces`), and so are the training rows scored out of fold, where its
+    thresholds are chosen."""
     if len(forget) < folds or len(retain) < folds:
         raise SpulError(
             f"gate: needs at least {folds} forget and {folds} retain training rows "
             f"(got {len(forget)} and {len(retain)})"
         )
-    embed = get_embedder(embedder)
+    embed = embed or get_embedder(embedder)
     texts = forget + retain
     unique, inverse, owner = piece_table(texts, True, GATE_WINDOW)
     vectors = np.concatenate(  # the texts come first, in order
@@ -262,6 +265,7 @@ def fit_text_gate(
         groups,
         (vectors[n:], owner[n:]),
         refuse,
+        c,
     )
     gate.embedder_name, gate.sentences, gate.window = embedder, True, GATE_WINDOW
     return TextGate(gate, embed), scores

@@ -78,6 +78,11 @@ class SpulConfig(SoftPromptConfig):
         "gated SPUL: queries the gate scores above the level that at most this share [0, 1) of the retain "
         "training rows reach (out of fold) get the generic answer outright, not the prompt (0: none)",
     )
+    gate_c: float = option(
+        1.0,
+        "gated SPUL: the gate's inverse regularisation strength C (logistic regression; lower fits its "
+        "training rows less closely, so they score less unlike unseen rows of their kind)",
+    )
     gate_names: bool = option(
         False,
         "gated SPUL: the gate also flags every query naming a name word of the forget rows (as `filter` "
@@ -128,6 +133,8 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_recall", self.gate_recall is None or self.gate, "given only with --gate")
         self.require("gate_refuse", 0 <= self.gate_refuse < 1, "in [0, 1)")
         self.require("gate_refuse", not self.gate_refuse or self.gate, "given only with --gate")
+        self.require("gate_c", self.gate_c > 0, "> 0")
+        self.require("gate_c", self.gate_c == 1.0 or self.gate, "given only with --gate")
         self.require("gate_focus", 0 <= self.gate_focus < 1, "in [0, 1)")
         self.require("gate_names", not self.gate_names or self.gate, "given only with --gate")
         self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
@@ -165,8 +172,9 @@ class SpulConfig(SoftPromptConfig):
             "check_keep",
             "target_forget_acc",
             "target_retain_drop",
+            "gate_c",
         ):
-            if out[name] == getattr(defaults, name):
+            if name in out and out[name] == getattr(defaults, name):
                 del out[name]
         return out
 
@@ -179,6 +187,7 @@ GATE_OPTIONS = (
     "gate_embedder",
     "gate_recall",
     "gate_refuse",
+    "gate_c",
     "gate_focus",
     "gate_names",
     "check_strata",
@@ -227,7 +236,7 @@ class Spul(SoftPromptMethod):
             rows = [[texts[i] for i in forget], [texts[i] for i in retain]]
             groups = np.asarray([sources[i] for i in forget + retain]) if c.augment else None
             self.gate_rule, scores = fit_text_gate(
-                *rows, c.gate_embedder, GATE_FOLDS, seed, c.gate_recall, groups, c.gate_refuse
+                *rows, c.gate_embedder, GATE_FOLDS, seed, c.gate_recall, groups, c.gate_refuse, c.gate_c
             )
             in_order = np.zeros(len(texts))
             in_order[forget + retain] = scores  # the gate's scores come forget rows first
