@@ -44,32 +44,31 @@ def memoised(embed):
     return run
 
 
-def pair_row(scores: dict[str, np.ndarray], flags: dict, refused: dict, pair: str) -> dict:
+def pair_row(scores: dict[str, np.ndarray], bands: dict, pair: str) -> dict:
     """One pair's membership AUC of the gate score and its flag / refusal shares (%) on each side."""
     members, others = PAIRS[pair]
     truth = np.r_[np.ones(len(scores[members])), np.zeros(len(scores[others]))]
     row = {"auc": float(roc_auc_score(truth, np.r_[scores[members], scores[others]]))}
     for side, split in (("members", members), ("non-members", others)):
-        row[f"flagged {side}"] = 100 * float(np.mean(flags[split]))
-        row[f"refused {side}"] = 100 * float(np.mean(refused[split]))
+        flagged, refused = bands[split]
+        row[f"flagged {side}"] = 100 * float(np.mean(flagged))
+        row[f"refused {side}"] = 100 * float(np.mean(refused))
     return row
 
 
-def prompt_rows(folder: str, args: argparse.Namespace, cs: list[float], embedders: dict) -> list[dict]:
-    """The refit gate's rows for one saved gated prompt, one per C and pair (`embedders`: memoised
-    embedders by name, shared by the prompts)."""
+def prompt_rows(folder: str, args: argparse.Namespace, full, cs: list[float], embedders: dict) -> list[dict]:
+    """The refit gate's rows for one saved gated prompt (`full`: the whole --data), one per C and pair
+    (`embedders`: memoised embedders by name, shared by the prompts)."""
     manifest = read_manifest(folder)
     method = manifest["hyperparameters"]["method"]
     if not method.get("gate") or method.get("augment") or method.get("gate_names"):
         raise SystemExit(f"{folder}: not a gated prompt without augmentation or gate_names")
-    full = load_data(args.data)
     selection = trained_selection(manifest, args.data)
     if selection is None:
         raise SystemExit(f"{folder}: its training rows are not a recorded draw of --data {args.data}")
     trained = selection.draw(full)[0]
     seed = manifest["hyperparameters"]["training"]["seed"]
     audit, _ = audit_data(manifest, full, args.data, args.limit, seed, members=args.members)
-    texts = [t for split in (*PAIRS["forget"], *PAIRS["retain"]) for t in audit[split].texts]
     name = method["gate_embedder"]
     embed = embedders.setdefault(name, memoised(get_embedder(name)))
     saved_c = method.get("gate_c", 1.0)
@@ -89,16 +88,11 @@ def prompt_rows(folder: str, args: argparse.Namespace, cs: list[float], embedder
         )
         if c == saved_c:
             check_refit(folder, rule.gate)
-        all_scores = rule.scores(texts)
-        flagged, refused = rule.gate.bands(all_scores)
-        scores, flags, refusals, start = {}, {}, {}, 0
-        for split in (*PAIRS["forget"], *PAIRS["retain"]):
-            end = start + len(audit[split].texts)
-            scores[split], flags[split] = all_scores[start:end], flagged[start:end]
-            refusals[split], start = refused[start:end], end
+        scores = {split: rule.scores(audit[split].texts) for pair in PAIRS.values() for split in pair}
+        bands = {split: rule.gate.bands(value) for split, value in scores.items()}
         for pair in PAIRS:
             row = {"prompt": folder, "C": c, "pair": pair, "saved": c == saved_c}
-            rows.append(row | pair_row(scores, flags, refusals, pair))
+            rows.append(row | pair_row(scores, bands, pair))
     return rows
 
 
@@ -122,8 +116,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the rows to this JSON file")
     args = parser.parse_args()
     cs = [float(x) for x in args.c.split(",")]
-    embedders: dict = {}
-    rows = [row for folder in args.prompts for row in prompt_rows(folder, args, cs, embedders)]
+    full, embedders = load_data(args.data), {}
+    rows = [row for folder in args.prompts for row in prompt_rows(folder, args, full, cs, embedders)]
     columns = [k for k in rows[0] if k not in ("prompt", "C", "pair", "saved")]
     print("| prompt | C | pair | " + " | ".join(columns) + " |")
     print("|---" * (3 + len(columns)) + "|")
