@@ -608,3 +608,26 @@ def test_a_method_revision_makes_its_finished_cells_stale_and_leaves_the_others(
     assert after["ga"] != before["ga"] and after["spul"] == before["spul"]
     # a method may date only some of its runs: gated SPUL's cells are revision 1, plain SPUL's are not
     assert METHODS["spul"].revision_of({"gate": True}) == 1 and METHODS["spul"].revision_of({"p": 2}) == 0
+
+
+def test_figure2_title_names_the_swept_methods(tmp_path, monkeypatch):
+    from spul.experiments import figures
+    from spul.experiments.tables import Table
+
+    titles = []
+
+    def keep_title(fig, path):
+        titles.append(fig._suptitle.get_text())
+        figures.plt.close(fig)
+
+    monkeypatch.setattr(figures, "save_figure", keep_title)
+    metrics = {split: {"acc": 50.0, "f1": 40.0} for split in figures.SPLITS}
+    table = Table(
+        "figure2", "Figure 2 data", ["p"], [{"values": {"p": p}, "metrics": metrics} for p in (2, 4)]
+    )
+    figures.p_sweep_figure(table, tmp_path / "a.png", ["gated SPUL"])
+    figures.p_sweep_figure(table, tmp_path / "b.png")
+    assert titles == [
+        "Figure 2: effect of the prompt length p (gated SPUL)",
+        "Figure 2: effect of the prompt length p",
+    ]

@@ -34,8 +34,8 @@ def save_figure(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def p_sweep_figure(table: Table, path: Path) -> None:
-    """Figure 2: ACC and F1 of the four splits against the number of virtual tokens p."""
+def p_sweep_figure(table: Table, path: Path, methods: list[str] | None = None) -> None:
+    """Figure 2: ACC and F1 of the four splits against the number of virtual tokens p (of `methods`)."""
     groups: dict[str, list[dict]] = {}
     others = [k for k in table.keys if k != "p"]
     for row in table.rows:
@@ -59,7 +59,7 @@ def p_sweep_figure(table: Table, path: Path) -> None:
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("Figure 2: effect of the prompt length p")
+    fig.suptitle("Figure 2: effect of the prompt length p" + (f" ({', '.join(methods)})" if methods else ""))
     save_figure(fig, path)
 
 

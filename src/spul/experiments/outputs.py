@@ -98,7 +98,8 @@ def write_outputs(layout: Layout, entries: Entries) -> list[Path]:
                 sections += [search.markdown(), ""]
             if name == "figure2":
                 path = out / "figure2.png"
-                p_sweep_figure(table, path)
+                methods = dict.fromkeys(c.label for c, _ in entries if "p" in c.sweep)
+                p_sweep_figure(table, path, list(methods))
                 written.append(path)
                 sections += [f"![Figure 2]({path.name})", ""]
         elif name == "efficiency":
