@@ -743,6 +743,76 @@ def test_gated_spul_with_gate_names_flags_queries_naming_the_forget_rows_names(
         make_method(tiny_lm, "spul", gate_names=True)
 
 
+def test_a_label_alone_gate_answer_reports_flagged_labels_without_their_probabilities():
+    """`flagged_answer` LABEL: a flagged query the prompt answers with a label reports that label alone
+    (log-prob 0, the other words ABSENT_LOGPROB, loss 0 where right); a flagged query answered OTHER, a
+    refused one and one the gate passes are served as before."""
+    from spul.guardrails import ABSENT_LOGPROB, LABEL
+
+    def embed(texts):  # the share of the words that are "sandler"
+        return np.array([[t.lower().split().count("sandler") / len(t.split()), 1.0] for t in texts])
+
+    gate = EmbeddingGate(np.array([1.0, 0.0], dtype=np.float32), 0.0, 0.2, refuse_threshold=0.6)
+    texts = ["sandler sandler film", "a sandler film", "sandler film is bad fun", "a fine film"]
+    # true labels 1, 1, 0, 0: row 1 is answered right, row 2 OTHER by the prompt
+    logprobs = np.log([[0.1, 0.9], [0.3, 0.6], [0.2, 0.3], [0.1, 0.2]])
+    prompted = Scores(np.array([1, 1, OTHER, 1]), logprobs, -logprobs[np.arange(4), [1, 1, 0, 0]])
+    alone = Scores(np.array([0, 0, 0, 0]), np.log([[0.8, 0.2]] * 4), np.log([1.25, 1.25, 1.25, 1.25]))
+    rule = TextGate(gate, embed)
+    before = apply_guard(prompted, texts, Guard(rule, PROMPT), alone)
+    served = apply_guard(prompted, texts, Guard(rule, PROMPT, LABEL), alone)
+    assert served.predicted.tolist() == before.predicted.tolist() == [OTHER, 1, OTHER, 0]
+    assert served.logprobs[1].tolist() == [ABSENT_LOGPROB, 0.0] and served.loss[1] == 0.0
+    for row in (0, 2, 3):  # refused, answered OTHER by the prompt, passed
+        assert served.logprobs[row].tolist() == before.logprobs[row].tolist()
+        assert served.loss[row] == before.loss[row]
+    flipped = Scores(prompted.predicted, prompted.logprobs, -prompted.logprobs[np.arange(4), [0, 0, 0, 0]])
+    wrong = apply_guard(flipped, texts, Guard(rule, PROMPT, LABEL), alone)  # row 1's true label is 0
+    assert wrong.logprobs[1].tolist() == [ABSENT_LOGPROB, 0.0] and wrong.loss[1] == -ABSENT_LOGPROB
+    with pytest.raises(SpulError, match="unknown flagged answer 'scores'"):
+        Guard(rule, PROMPT, "scores")
+
+
+def test_gated_spul_with_gate_answer_label_serves_flagged_answers_alone(
+    tiny_lm, toy, tmp_path, fake_embedder
+):
+    """`gate_answer=label`: recorded in spul.json and guard.json, loaded back into the guard, and a
+    flagged query's prediction carries probability 1 for its label; only with --gate, known values."""
+    from spul.unlearned import Unlearned
+
+    options = {"num_virtual_tokens": 2, "gate": True, "gate_embedder": fake_embedder, "gate_answer": "label"}
+    manifest = train_artifact(
+        "spul", tiny_lm, toy, tmp_path, method_options=options,
+        config=TrainConfig(epochs=1, batch_size=4, lr=5e-2), show_progress=False,
+    )  # fmt: skip
+    assert manifest["hyperparameters"]["method"]["gate_answer"] == "label"
+    assert json.loads((tmp_path / "guard.json").read_text())["flagged_answer"] == "label"
+    assert load_guard(tmp_path).flagged_answer == "label"
+    model = Unlearned(tiny_lm, tmp_path, manifest)
+    texts = toy.train_forget.texts + toy.test_forget.texts + toy.test_retain.texts
+    decision = model.guard.decide(texts)
+    answered = model.predict(texts)
+    shown = [a for a, f, g in zip(answered, decision.flagged, decision.generic, strict=True) if f and not g]
+    assert shown and all(
+        a["probabilities"][a["label"]] == 1.0 and sum(a["probabilities"].values()) == 1.0
+        for a in shown
+        if a["label"] != "other"
+    )
+    model.guard.flagged_answer = "probabilities"  # the same rows with the label words' probabilities
+    again = model.predict(texts)
+    assert [a["label"] for a in again] == [a["label"] for a in answered]
+    with pytest.raises(SpulError, match=r"\(gate_answer\) must be given only with --gate"):
+        make_method(tiny_lm, "spul", gate_answer="label")
+    with pytest.raises(SpulError, match=r"\(gate_answer\) must be one of probabilities, label"):
+        make_method(tiny_lm, "spul", gate=True, gate_answer="scores")
+    plain = train_artifact(
+        "spul", tiny_lm, toy, tmp_path / "plain", method_options={**options, "gate_answer": "probabilities"},
+        config=TrainConfig(epochs=1, batch_size=4, lr=5e-2), show_progress=False,
+    )  # fmt: skip
+    assert "gate_answer" not in plain["hyperparameters"]["method"]  # the default is not recorded
+    assert "flagged_answer" not in json.loads((tmp_path / "plain" / "guard.json").read_text())
+
+
 def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(
     tiny_lm, toy, tmp_path, fake_embedder, monkeypatch
 ):

@@ -28,6 +28,7 @@ from spul.guardrails import (
     EMBEDDERS,
     GENERIC,
     MINILM,
+    PROBABILITIES,
     Embedder,
     Flagger,
     Guard,
@@ -92,7 +93,7 @@ class GuardMethod(Method):
 
     def save(self, folder: Path) -> None:
         """guard.json (which rule, its action) and the rule's own files."""
-        write_guard(Path(folder), self.name, self.inference_guard().action)
+        write_guard(Path(folder), self.inference_guard(), self.name)
         self.save_rule(Path(folder))
 
 
@@ -281,9 +282,12 @@ def _in_parts(embed: Embedder, texts: list[str], description: str):
             advance(len(part))
 
 
-def write_guard(folder: Path, rule: str, action: str) -> None:
+def write_guard(folder: Path, guard: Guard, rule: str) -> None:
     """guard.json: which rule (its files beside it) and what a query it flags gets."""
-    write_json_atomic(folder / GUARD_FILE, {"format": GUARD_FORMAT, "rule": rule, "action": action})
+    raw = {"format": GUARD_FORMAT, "rule": rule, "action": guard.action}
+    if guard.flagged_answer != PROBABILITIES:  # as before the choice existed otherwise
+        raw["flagged_answer"] = guard.flagged_answer
+    write_json_atomic(folder / GUARD_FILE, raw)
 
 
 RULES: dict[str, Callable[[Path], Flagger]] = {
@@ -306,7 +310,7 @@ def load_guard(folder: str | Path) -> Guard:
         raise SpulError(f"{path}: unknown rule {raw.get('rule')!r} (known: {', '.join(RULES)})")
     rule = load(Path(folder))
     try:
-        return Guard(rule, raw.get("action", GENERIC))
+        return Guard(rule, raw.get("action", GENERIC), raw.get("flagged_answer", PROBABILITIES))
     except SpulError as err:
         raise SpulError(f"{path}: {err}") from None
 
