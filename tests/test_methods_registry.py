@@ -124,7 +124,6 @@ def test_option_names_are_the_config_fields():
         "gate_c",
         "gate_focus",
         "gate_names",
-        "gate_answer",
         "check_strata",
         "alpha",
         "beta",

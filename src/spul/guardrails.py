@@ -30,13 +30,6 @@ from spul.io import write_json_atomic
 GENERIC = "generic"  # the action of the filter and the gate: a flagged query gets the generic answer
 PROMPT = "prompt"  # gated SPUL: a flagged query gets the soft prompt, the others the model alone
 ACTIONS = (GENERIC, PROMPT)
-# What a query the gate sends to the prompt gets back beside its answer (gated SPUL's `gate_answer`): the
-# label words' probabilities, or its label alone (probability 1, the other label words 0), so a client
-# reading the probabilities of in-scope answers learns no more than the answer.
-PROBABILITIES = "probabilities"
-LABEL = "label"
-FLAGGED_ANSWERS = (PROBABILITIES, LABEL)
-ABSENT_LOGPROB = float(np.log(1e-12))  # a label word a label-alone answer leaves out (0 once rounded)
 Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, d) array
 NAMES_FILE = "gate_names.json"  # a gate's names (TextGate.names), beside gate.json
 
@@ -168,15 +161,10 @@ class Guard:
 
     rule: Flagger
     action: str = GENERIC
-    flagged_answer: str = PROBABILITIES  # under "prompt": what a flagged query's answer comes with
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise SpulError(f"unknown guard action {self.action!r} (known: {', '.join(ACTIONS)})")
-        if self.flagged_answer not in FLAGGED_ANSWERS:
-            raise SpulError(
-                f"unknown flagged answer {self.flagged_answer!r} (known: {', '.join(FLAGGED_ANSWERS)})"
-            )
 
     def flags(self, texts: Sequence[str]) -> np.ndarray:
         """True for each text the rule flags."""
@@ -217,9 +205,8 @@ def apply_guard(
 ) -> Scores:
     """`scores` with the guard's action on the rows it flags ("generic": OTHER and uniform label
     log-probabilities, loss log K; "prompt": `scores` are the prompted ones and the rows it does not flag
-    take `unprompted`'s, the rows it refuses get the generic answer, and with `flagged_answer` LABEL a
-    flagged row's label comes alone); unchanged without a guard. `decision`: the guard's decision on
-    `texts` when already made."""
+    take `unprompted`'s, the rows it refuses get the generic answer); unchanged without a guard.
+    `decision`: the guard's decision on `texts` when already made."""
     if guard is None or len(texts) == 0:
         return scores
     decision = decision or guard.decide(texts)
@@ -232,26 +219,7 @@ def apply_guard(
             np.where(keep[:, None], scores.logprobs, unprompted.logprobs),
             np.where(keep, scores.loss, unprompted.loss),
         )
-        if guard.flagged_answer == LABEL:
-            scores = answer_label_alone(scores, keep)
     return answer_generic(scores, decision.generic)
-
-
-def answer_label_alone(scores: Scores, rows: np.ndarray) -> Scores:
-    """`scores` with the `rows` (a boolean mask) that answer a label reporting that label alone: log-prob 0
-    for it, ABSENT_LOGPROB for the other label words, loss 0 where it is the true label (else
-    -ABSENT_LOGPROB). Rows answered OTHER are left as they are."""
-    index = np.flatnonzero(rows & (scores.predicted != OTHER))
-    if not index.size:
-        return scores
-    answer = scores.predicted[index]
-    # the loss is -log P(true label word), so the answer is the true label where it is -log P(answer)
-    right = scores.loss[index] == -scores.logprobs[index, answer]
-    logprobs, loss = scores.logprobs.copy(), scores.loss.copy()
-    logprobs[index] = ABSENT_LOGPROB
-    logprobs[index, answer] = 0.0
-    loss[index] = np.where(right, 0.0, -ABSENT_LOGPROB)
-    return replace(scores, logprobs=logprobs, loss=loss)
 
 
 def answer_generic(scores: Scores, rows: np.ndarray) -> Scores:

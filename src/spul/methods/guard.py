@@ -28,7 +28,6 @@ from spul.guardrails import (
     EMBEDDERS,
     GENERIC,
     MINILM,
-    PROBABILITIES,
     Embedder,
     Flagger,
     Guard,
@@ -93,7 +92,7 @@ class GuardMethod(Method):
 
     def save(self, folder: Path) -> None:
         """guard.json (which rule, its action) and the rule's own files."""
-        write_guard(Path(folder), self.inference_guard(), self.name)
+        write_guard(Path(folder), self.name, self.inference_guard().action)
         self.save_rule(Path(folder))
 
 
@@ -282,12 +281,9 @@ def _in_parts(embed: Embedder, texts: list[str], description: str):
             advance(len(part))
 
 
-def write_guard(folder: Path, guard: Guard, rule: str) -> None:
+def write_guard(folder: Path, rule: str, action: str) -> None:
     """guard.json: which rule (its files beside it) and what a query it flags gets."""
-    raw = {"format": GUARD_FORMAT, "rule": rule, "action": guard.action}
-    if guard.flagged_answer != PROBABILITIES:  # as before the choice existed otherwise
-        raw["flagged_answer"] = guard.flagged_answer
-    write_json_atomic(folder / GUARD_FILE, raw)
+    write_json_atomic(folder / GUARD_FILE, {"format": GUARD_FORMAT, "rule": rule, "action": action})
 
 
 RULES: dict[str, Callable[[Path], Flagger]] = {
@@ -310,7 +306,7 @@ def load_guard(folder: str | Path) -> Guard:
         raise SpulError(f"{path}: unknown rule {raw.get('rule')!r} (known: {', '.join(RULES)})")
     rule = load(Path(folder))
     try:
-        return Guard(rule, raw.get("action", GENERIC), raw.get("flagged_answer", PROBABILITIES))
+        return Guard(rule, raw.get("action", GENERIC))
     except SpulError as err:
         raise SpulError(f"{path}: {err}") from None
 

@@ -12,7 +12,7 @@ import torch
 
 from spul.augment import augmented, check_augmentations
 from spul.errors import SpulError
-from spul.guardrails import FLAGGED_ANSWERS, MINILM, PROBABILITIES, PROMPT, Guard
+from spul.guardrails import MINILM, PROMPT, Guard
 from spul.methods.base import TrainBatch, TrainItem, register
 from spul.methods.config import option
 from spul.methods.guard import NAME_RATIO, fit_text_gate, forget_names, write_guard
@@ -88,12 +88,6 @@ class SpulConfig(SoftPromptConfig):
         "gated SPUL: the gate also flags every query naming a name word of the forget rows (as `filter` "
         "derives them): words added to such a query cannot take it past the gate",
     )
-    gate_answer: str = option(
-        PROBABILITIES,
-        "gated SPUL: what a query the gate serves the prompt gets back beside its answer: probabilities "
-        "(the label words') or label (the answer alone, probability 1): in-scope responses then tell a "
-        "client no more than their answer",
-    )
     gate_focus: float = option(
         0.0,
         "gated SPUL: this share [0, 1) of each batch's retain rows is drawn from the retain training rows "
@@ -144,9 +138,6 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_focus", 0 <= self.gate_focus < 1, "in [0, 1)")
         self.require("gate_names", not self.gate_names or self.gate, "given only with --gate")
         self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
-        answers = ", ".join(FLAGGED_ANSWERS)
-        self.require("gate_answer", self.gate_answer in FLAGGED_ANSWERS, f"one of {answers}")
-        self.require("gate_answer", self.gate_answer == PROBABILITIES or self.gate, "given only with --gate")
         self.require("check_strata", not self.check_strata or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("check_keep", self.check_keep in KEEP_RULES, f"one of {', '.join(KEEP_RULES)}")
@@ -182,7 +173,6 @@ class SpulConfig(SoftPromptConfig):
             "target_forget_acc",
             "target_retain_drop",
             "gate_c",
-            "gate_answer",
         ):
             if name in out and out[name] == getattr(defaults, name):
                 del out[name]
@@ -200,7 +190,6 @@ GATE_OPTIONS = (
     "gate_c",
     "gate_focus",
     "gate_names",
-    "gate_answer",
     "check_strata",
 )
 KL_REFERENCES = ("cached", "recompute")
@@ -283,16 +272,14 @@ class Spul(SoftPromptMethod):
 
     def inference_guard(self) -> Guard | None:
         """Gated SPUL: the gate, whose flagged queries get the prompt."""
-        if self.gate_rule is None:
-            return None
-        return Guard(self.gate_rule, PROMPT, self.config.gate_answer)
+        return Guard(self.gate_rule, PROMPT) if self.gate_rule is not None else None
 
     def save(self, folder: Path) -> None:
         """The prompt (peft folder); gated SPUL adds the gate's files and guard.json."""
         super().save(folder)
         if self.gate_rule is not None:
             self.gate_rule.save(Path(folder))
-            write_guard(Path(folder), self.inference_guard(), "gate")
+            write_guard(Path(folder), "gate", PROMPT)
 
     def training_check(self, items, seed):
         """The forget and retain rows scored as served (`spul.methods.served_check`)."""
