@@ -151,6 +151,10 @@ def library_chatter():
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
+    import spul.progress
+
+    silenced = spul.progress._silenced
+    spul.progress.silence_progress(False)
     saved = {k: os.environ.pop(k, None) for k in CHATTER_ENV}
     verbosity = transformers_logging.get_verbosity()
     bars = transformers_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
@@ -161,6 +165,7 @@ def library_chatter():
     transformers_logging.set_verbosity(verbosity)
     (transformers_logging.enable_progress_bar if bars[0] else transformers_logging.disable_progress_bar)()
     (enable_progress_bars if bars[1] else disable_progress_bars)()
+    spul.progress.silence_progress(silenced)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -177,6 +182,20 @@ def test_quiet_hides_the_loading_weights_bar(tiny_model_dir, toy_dir, tmp_path, 
     quiet = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "quiet"), "-q"])
     assert quiet.exit_code == 0, quiet.output
     assert "Loading weights" not in quiet.output and "it/s" not in quiet.output, quiet.output
+
+
+def test_quiet_hides_spuls_own_loops_too(tiny_model_dir, toy_dir, tmp_path, library_chatter):
+    """The suffix prompt's text-state cache reports progress from inside the method, where no
+    show_progress argument reaches: `-q` silences it all the same."""
+    args = ["unlearn", "--model", tiny_model_dir, "--data", toy_dir, "--epochs", 1, "--p", 2]
+    args = [str(a) for a in args]
+    loud = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "loud")])
+    assert loud.exit_code == 0, loud.output
+    assert "text states" in loud.output  # the loop this test is about (else it proves nothing)
+    assert re.search(r"spul \d+/\d+", loud.output), loud.output  # and the training bar
+    quiet = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "quiet"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "text states" not in quiet.output and not re.search(r"spul \d+/\d+", quiet.output), quiet.output
 
 
 # A wrapper that starts the installed `spul` entry point exactly as its console script does, with a SIGHUP

@@ -17,12 +17,19 @@ from rich.progress import (
 )
 
 LOG_EVERY_S = 30.0  # when stderr is no terminal (nohup, CI), print a status line this often
+_silenced = False  # set by `-q`: reaches the loops that no show_progress argument is passed down to
+
+
+def silence_progress(silenced: bool = True) -> None:
+    """Turn every later progress bar of this process into a no-op (the CLI's `-q`), or back."""
+    global _silenced
+    _silenced = silenced
 
 
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield an `advance(n)` callable that reports progress (a no-op when disabled)."""
-    if not enabled:
+    """Yield an `advance(n)` callable that reports progress (a no-op when disabled or silenced)."""
+    if not enabled or _silenced:
         yield lambda n: None
     elif sys.stderr.isatty():
         columns = (

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from spul.errors import SpulError
+from spul.progress import silence_progress
 from spul.reporting import console
 
 # -- option checks: each runs as its option is parsed, so a bad value stops the command before any data or
@@ -98,8 +99,9 @@ def _machine_rule(name: str):
 
 
 def _quiet(value: bool) -> bool:
-    """`-q`: besides spul's own bars, silence transformers' and the hub's progress bars and chatter."""
+    """`-q`: silence spul's own bars and transformers' and the hub's progress bars and chatter."""
     if value:
+        silence_progress()
         quiet_libraries()
     return value
 
