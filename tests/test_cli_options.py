@@ -151,10 +151,9 @@ def library_chatter():
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    import spul.progress
+    from spul.progress import silence_progress
 
-    silenced = spul.progress._silenced
-    spul.progress.silence_progress(False)
+    silenced = silence_progress(False)
     saved = {k: os.environ.pop(k, None) for k in CHATTER_ENV}
     verbosity = transformers_logging.get_verbosity()
     bars = transformers_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
@@ -165,7 +164,7 @@ def library_chatter():
     transformers_logging.set_verbosity(verbosity)
     (transformers_logging.enable_progress_bar if bars[0] else transformers_logging.disable_progress_bar)()
     (enable_progress_bars if bars[1] else disable_progress_bars)()
-    spul.progress.silence_progress(silenced)
+    silence_progress(silenced)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

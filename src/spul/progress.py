@@ -20,10 +20,12 @@ LOG_EVERY_S = 30.0  # when stderr is no terminal (nohup, CI), print a status lin
 _silenced = False  # set by `-q`: reaches the loops that no show_progress argument is passed down to
 
 
-def silence_progress(silenced: bool = True) -> None:
-    """Turn every later progress bar of this process into a no-op (the CLI's `-q`), or back."""
+def silence_progress(silenced: bool = True) -> bool:
+    """Turn every later progress bar of this process into a no-op (the CLI's `-q`), or back; returns the
+    setting it replaced."""
     global _silenced
-    _silenced = silenced
+    previous, _silenced = _silenced, silenced
+    return previous
 
 
 @contextmanager
