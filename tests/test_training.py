@@ -139,7 +139,11 @@ def test_training_lowers_the_loss(tiny_lm, toy):
     assert last < first * 0.8
 
 
-@pytest.mark.parametrize("name,options", [("spul", {"num_virtual_tokens": 4}), ("finetune", {"r": 4})])
+@pytest.mark.parametrize(
+    "name,options",
+    [("spul", {"num_virtual_tokens": 4}), ("spul", {"num_virtual_tokens": 4, "weight_ema": 0.8}),
+     ("finetune", {"r": 4})],
+)  # fmt: skip
 def test_resume_reaches_the_same_result(tmp_path, toy, name, options):
     from conftest import make_tiny_lm
 
@@ -160,6 +164,46 @@ def test_resume_reaches_the_same_result(tmp_path, toy, name, options):
     assert expected.keys() == got.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5)
+
+
+def test_weight_ema_checks_score_and_the_run_keeps_the_moving_average(tiny_lm, toy):
+    """With `weight_ema` every check sees the exponential moving average of the weights of the steps so
+    far (the first step's weights, then decay * average + (1 - decay) * the step's), and the run keeps
+    the average its best check scored, not that step's own weights."""
+    decay = 0.8
+    method = make_method(tiny_lm, num_virtual_tokens=4, weight_ema=decay)
+    module, real_loss = method.trainable(), method.loss
+    after_step, checked = [], []  # the weights each step starts from (those after the previous step)
+
+    def loss(batch):
+        after_step.append(trainable_state(module))
+        return real_loss(batch)
+
+    def check():
+        checked.append(trainable_state(module))
+        return -float(len(checked)), False, {}  # the first check scores best
+
+    method.loss = loss
+    method.training_check = lambda items, seed: (check, set())
+    config = TrainConfig(epochs=2, batch_size=5, lr=5e-2, check_every=2, seed=0)
+    result = train(method, items_of(method, toy), config, show_progress=False)
+    assert result.steps == 10 and result.best_step == 2
+    weights = after_step[1:]  # the weights after steps 1..9
+    for at, seen in ((2, checked[0]), (4, checked[1])):
+        expected = dict(weights[0])
+        for w in weights[1:at]:
+            expected = {k: decay * expected[k] + (1 - decay) * w[k] for k in w}
+        for key in seen:
+            torch.testing.assert_close(seen[key], expected[key], atol=1e-6, rtol=1e-5)
+            assert not torch.allclose(seen[key], weights[at - 1][key])  # not the step's own weights
+    kept = trainable_state(module)
+    for key in kept:
+        torch.testing.assert_close(kept[key], checked[0][key])
+
+
+def test_weight_ema_is_refused_outside_zero_to_one():
+    with pytest.raises(SpulError, match="weight_ema"):
+        get_method("spul").resolve({"weight_ema": 1.0})
 
 
 @pytest.mark.parametrize("name,options", [("spul", {"prompt_position": "suffix"}), ("finetune", {"r": 4})])

@@ -7,13 +7,15 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_cosine_schedule_with_warmup
 
 from spul.errors import SpulError
@@ -70,6 +72,27 @@ def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
+
+
+def weight_average(module: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of the module's weights with this decay (None for 0: no average)."""
+    if not decay:
+        return None
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+@contextmanager
+def averaged_weights(module: torch.nn.Module, average: AveragedModel | None) -> Iterator[None]:
+    """Within: the module holds the average's weights (no average: its own); after: its own again."""
+    if average is None or not average.n_averaged:
+        yield
+        return
+    own = trainable_state(module)
+    load_trainable_state(module, trainable_state(average.module))
+    try:
+        yield
+    finally:
+        load_trainable_state(module, own)
 
 
 def collate(items: list[TrainItem], method: Method, index: list[int]) -> TrainBatch:
@@ -218,8 +241,9 @@ def train(
 
     With `evaluate_fn`, the model is evaluated after each epoch and the best epoch's weights are kept.
     `monitor(step)` is called every `config.monitor_every` steps (module in eval mode); when it returns
-    True training ends there (e.g. the unlearning target is reached). `stop_after_steps` simulates an
-    interruption (tests).
+    True training ends there (e.g. the unlearning target is reached). With the method's `weight_ema`, a
+    moving average of the weights is updated every step and is what evaluations, checks and the monitor
+    score and what the run keeps. `stop_after_steps` simulates an interruption (tests).
     """
     module = method.trainable()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -244,6 +268,7 @@ def train(
     fingerprint = run_fingerprint(config, method, items)
     result = TrainResult()
     best_state, best_score, step = None, -math.inf, 0
+    average = weight_average(module, method.weight_ema)  # checks score it, the run keeps it
 
     if resume and checkpoint is not None and checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=True)
@@ -258,6 +283,8 @@ def train(
         step = saved["step"]
         result = TrainResult(**json.loads(saved["result"]))
         best_state, best_score = saved.get("best_state"), saved.get("best_score", -math.inf)
+        if average is not None:
+            average.load_state_dict(saved["average"])
 
     def save(at_step: int) -> None:
         if checkpoint is None or rank != 0:
@@ -274,6 +301,8 @@ def train(
         }
         if best_state is not None:
             payload["best_state"] = best_state
+        if average is not None:
+            payload["average"] = average.state_dict()
         _save_checkpoint(checkpoint, payload)
 
     start = time.perf_counter() - result.wall_time_s
@@ -293,6 +322,8 @@ def train(
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if average is not None:
+                average.update_parameters(module)
             step += 1
             advance(1)
             window.append(terms | {"grad_norm": float(grad_norm)})
@@ -304,32 +335,34 @@ def train(
                 window = []
             if step % steps_per_epoch == 0 and evaluate_fn is not None:
                 module.eval()
-                table = evaluate_fn()
+                with averaged_weights(module, average):
+                    table = evaluate_fn()
+                    if (score := method.selection_score(table)) > best_score:
+                        best_score, best_state = score, trainable_state(module)
+                        result.best_epoch = step // steps_per_epoch
                 module.train()
-                score = method.selection_score(table)
                 result.epoch_evals.append({"epoch": step // steps_per_epoch, "score": score, "table": table})
-                if score > best_score:
-                    best_score, best_state = score, trainable_state(module)
-                    result.best_epoch = step // steps_per_epoch
             result.wall_time_s = time.perf_counter() - start
             result.steps = step
             if step % config.checkpoint_every == 0 or step == total_steps:
                 save(step)
             if check is not None and step % config.check_every == 0:
                 module.eval()
-                score, reached, measured = check()
+                with averaged_weights(module, average):
+                    score, reached, measured = check()
+                    if score > best_score or reached:
+                        best_score, best_state, result.best_step = score, trainable_state(module), step
                 module.train()
                 measured = {k: round(v, 4) for k, v in measured.items()}
                 result.checks.append({"step": step, "score": round(score, 4), "reached": reached} | measured)
-                if score > best_score or reached:
-                    best_score, best_state, result.best_step = score, trainable_state(module), step
                 if reached:
                     result.stopped_at = step
                     save(step)
                     break
             if monitor is not None and config.monitor_every and step % config.monitor_every == 0:
                 module.eval()
-                reached = monitor(step)
+                with averaged_weights(module, average):
+                    reached = monitor(step)
                 module.train()
                 if reached:
                     result.stopped_at = step
@@ -343,6 +376,8 @@ def train(
                     f"stopped at step {step}/{total_steps}; checkpoint saved{where}; rerun with --resume"
                 )
     module.eval()
+    if best_state is None and average is not None and average.n_averaged:
+        best_state = trainable_state(average.module)  # no check kept a state: the run ends on the average
     if best_state is not None:
         load_trainable_state(module, best_state)
     return result

@@ -75,6 +75,8 @@ class Method(ABC):
     revision: ClassVar[int] = 0
     # share of a balanced batch's retain rows drawn from the items marked `focus` (training.BatchPlan)
     focus_share: float = 0.0
+    # decay of a running average of the trained weights that checks score and runs keep (training.train)
+    weight_ema: float = 0.0
 
     @classmethod
     def revision_of(cls, options: dict[str, Any]) -> int:

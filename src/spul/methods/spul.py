@@ -109,6 +109,11 @@ class SpulConfig(SoftPromptConfig):
         "points short, a forget point worth a retain point) or retain_first (the deepest forgetting "
         "within target_retain_drop; none within: the smallest drop)",
     )
+    weight_ema: float = option(
+        0.0,
+        "training check: decay [0, 1) of a moving average of the prompt's weights, updated every step; "
+        "each check scores the average and a run keeps it, not one step's weights (0: off)",
+    )
     target_forget_acc: float = option(
         Target.forget_acc, "training check: the target's forget ACC, at most (%)"
     )
@@ -141,6 +146,7 @@ class SpulConfig(SoftPromptConfig):
         self.require("check_strata", not self.check_strata or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
         self.require("check_keep", self.check_keep in KEEP_RULES, f"one of {', '.join(KEEP_RULES)}")
+        self.require("weight_ema", 0 <= self.weight_ema < 1, "in [0, 1)")
         self.require("target_forget_acc", 0 <= self.target_forget_acc <= 100, "between 0 and 100")
         self.require("target_retain_drop", 0 <= self.target_retain_drop <= 100, "between 0 and 100")
         check_augmentations(self.augment)
@@ -170,6 +176,7 @@ class SpulConfig(SoftPromptConfig):
             "forget_copies",
             "check_rows",
             "check_keep",
+            "weight_ema",
             "target_forget_acc",
             "target_retain_drop",
             "gate_c",
@@ -221,6 +228,7 @@ class Spul(SoftPromptMethod):
         self.check_flags: list[bool] = []  # ... and its flag of each check-only row (check_items)
         self.check_refused: list[bool] = []  # ... and whether it refuses it
         self.focus_share = self.config.gate_focus
+        self.weight_ema = self.config.weight_ema
 
     def items(self, texts, labels, is_forget, seed):
         """Forget rows get a generic word drawn once per row (seeded); retain rows keep their label.
