@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from spul.errors import ModelError
 from spul.io import write_folder_atomic
+
+# peft still asks transformers for a deprecated attribute: noise for users of the CLI, the API and the
+# benchmarks alike (every path to peft loads its model through this module).
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
 DEFAULT_MODEL = "smollm2-135m"
 # A training step on a CPU in bf16 runs attention with PyTorch's math kernel up to this many tokens per row:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import typer
 
 from spul.cli.evaluate import audit_cmd, evaluate_cmd, predict_cmd
@@ -30,6 +28,4 @@ app.add_typer(requests_app, name="requests")
 
 def main() -> None:
     """Entry point of the `spul` script."""
-    # peft still asks transformers for a deprecated attribute; the warning is noise for users.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     app()
