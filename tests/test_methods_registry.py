@@ -132,6 +132,7 @@ def test_option_names_are_the_config_fields():
         "forget_copies",
         "check_rows",
         "check_keep",
+        "weight_ema",
         "target_forget_acc",
         "target_retain_drop",
     }
