@@ -631,3 +631,30 @@ def test_figure2_title_names_the_swept_methods(tmp_path, monkeypatch):
         "Figure 2: effect of the prompt length p (gated SPUL)",
         "Figure 2: effect of the prompt length p",
     ]
+
+
+def test_figure2_draws_the_seeds_spread_as_error_bars(tmp_path, monkeypatch):
+    """A row averaged over training seeds (`<metric>_std` beside each metric) gets error bars of that
+    std; a single-seed row gets none."""
+    from spul.experiments import figures
+    from spul.experiments.tables import Table
+
+    bars = []
+
+    def keep_bars(fig, path):
+        for ax in fig.axes:
+            bars.append(
+                sorted(
+                    {round(float(np.ptp(seg[:, 1])), 6) for c in ax.collections for seg in c.get_segments()}
+                )
+            )
+        figures.plt.close(fig)
+
+    monkeypatch.setattr(figures, "save_figure", keep_bars)
+    seeded = {split: {"acc": 50.0, "acc_std": 2.5, "f1": 40.0, "f1_std": 1.0} for split in figures.SPLITS}
+    rows = [{"values": {"p": p}, "metrics": seeded} for p in (2, 4)]
+    figures.p_sweep_figure(Table("figure2", "Figure 2 data", ["p"], rows), tmp_path / "a.png")
+    single = {split: {"acc": 50.0, "f1": 40.0} for split in figures.SPLITS}
+    rows = [{"values": {"p": p}, "metrics": single} for p in (2, 4)]
+    figures.p_sweep_figure(Table("figure2", "Figure 2 data", ["p"], rows), tmp_path / "b.png")
+    assert bars == [[5.0], [2.0], [], []]  # bars span mean ± std: 2 x 2.5 (ACC), 2 x 1.0 (F1)

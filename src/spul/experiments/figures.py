@@ -35,7 +35,8 @@ def save_figure(fig, path: Path) -> None:
 
 
 def p_sweep_figure(table: Table, path: Path, methods: list[str] | None = None) -> None:
-    """Figure 2: ACC and F1 of the four splits against the number of virtual tokens p (of `methods`)."""
+    """Figure 2: ACC and F1 of the four splits against the number of virtual tokens p (of `methods`);
+    rows averaged over training seeds get error bars of their std."""
     groups: dict[str, list[dict]] = {}
     others = [k for k in table.keys if k != "p"]
     for row in table.rows:
@@ -51,8 +52,12 @@ def p_sweep_figure(table: Table, path: Path, methods: list[str] | None = None) -
             for split in SPLITS:
                 color, line, marker = SPLIT_STYLE[split]
                 ys = [r["metrics"][split][metric] for r in rows]
+                stds = [r["metrics"][split].get(f"{metric}_std") for r in rows]
+                bars = stds if all(v is not None for v in stds) else None
                 label = split.replace("_", " ") + (f" ({name})" if name else "")
-                ax.plot(xs, ys, line, marker=marker, color=color, alpha=alpha, label=label)
+                ax.errorbar(
+                    xs, ys, bars, fmt=line, marker=marker, color=color, alpha=alpha, label=label, capsize=3
+                )
     for ax, metric in zip(axes, ("ACC (%)", "weighted F1 (%)"), strict=True):
         ax.set_xlabel("number of virtual tokens p")
         ax.set_ylabel(metric)
