@@ -84,11 +84,11 @@ def weight_average(module: torch.nn.Module, decay: float) -> AveragedModel | Non
 @contextmanager
 def averaged_weights(module: torch.nn.Module, average: AveragedModel | None) -> Iterator[None]:
     """Within: the module holds the average's weights (no average: its own); after: its own again."""
-    if average is None or not average.n_averaged:
+    if average is None:
         yield
         return
     own = trainable_state(module)
-    load_trainable_state(module, trainable_state(average.module))
+    load_trainable_state(module, dict(average.module.named_parameters()))  # (copied in, not cloned first)
     try:
         yield
     finally:
@@ -376,7 +376,7 @@ def train(
                     f"stopped at step {step}/{total_steps}; checkpoint saved{where}; rerun with --resume"
                 )
     module.eval()
-    if best_state is None and average is not None and average.n_averaged:
+    if best_state is None and average is not None:  # (before any step the average is the start weights)
         best_state = trainable_state(average.module)  # no check kept a state: the run ends on the average
     if best_state is not None:
         load_trainable_state(module, best_state)
