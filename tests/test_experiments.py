@@ -375,9 +375,11 @@ def test_ready_configs_parse():
     assert len(configs) >= 8
     from spul.experiments import load_config
 
+    listed = (configs[0].parent / "README.md").read_text()
     for path in configs:
         config = load_config(path)
         assert Experiment(config, "x").cells, path.name
+        assert f"spul experiment configs/{path.name} " in listed, f"{path.name} is not in configs/README.md"
 
 
 def test_every_registered_method_runs_in_an_experiment(workspace, tmp_path):
