@@ -376,6 +376,14 @@ def test_a_gate_with_names_flags_a_named_query_whatever_words_are_added(tmp_path
     named.save(tmp_path)
     assert json.loads((tmp_path / "gate_names.json").read_text())["keywords"] == ["sandler"]
     assert TextGate.load(tmp_path).flags(queries).tolist() == [True, True, False]
+    assert "refuse" not in json.loads((tmp_path / "gate_names.json").read_text())
+    refusing = TextGate(gate, hashing_embedder, KeywordFilter(("sandler",)), names_refuse=True)
+    flags, refused = refusing.bands(queries)
+    assert flags.tolist() == [True, True, False] and refused.tolist() == [True, True, False]
+    (tmp_path / "refusing").mkdir()
+    refusing.save(tmp_path / "refusing")
+    assert TextGate.load(tmp_path / "refusing").bands(queries)[1].tolist() == [True, True, False]
+    assert not TextGate.load(tmp_path).bands(queries)[1].any()
     (tmp_path / "plain").mkdir()
     plain.save(tmp_path / "plain")
     assert TextGate.load(tmp_path / "plain").names is None
@@ -741,6 +749,38 @@ def test_gated_spul_with_gate_names_flags_queries_naming_the_forget_rows_names(
     assert not model.guard.rule.gate.flags(hashing_embedder([diluted])).any()  # the score alone misses it
     with pytest.raises(SpulError, match=r"\(gate_names\) must be given only with --gate"):
         make_method(tiny_lm, "spul", gate_names=True)
+
+
+def test_gated_spul_with_gate_names_refuse_answers_named_queries_generic(
+    tiny_lm, toy, tmp_path, fake_embedder, monkeypatch
+):
+    """`gate_names_refuse`: a query naming a forget-row name is refused (the generic answer, no label
+    probabilities), in training (such a retain row is not served the prompt) and as saved and served;
+    only with gate_names."""
+    from spul.unlearned import Unlearned
+
+    monkeypatch.setattr(EntityFinder, "create", staticmethod(WordFinder))
+    options = {
+        "num_virtual_tokens": 2, "gate": True, "gate_embedder": fake_embedder, "gate_names": True,
+        "gate_names_refuse": True,
+    }  # fmt: skip
+    method = make_method(tiny_lm, "spul", **options)
+    texts = toy.train_forget.texts + toy.train_retain.texts + ["routine bleak witty sandler music film"]
+    items = method.items(texts, [0] * 25, [True] * 12 + [False] * 13, seed=0)
+    assert method.gate_refused[-1] and not items[-1].focus  # the named retain row: refused, not prompted
+    manifest = train_artifact(
+        "spul", tiny_lm, toy, tmp_path, method_options=options,
+        config=TrainConfig(epochs=1, batch_size=4, lr=5e-2), show_progress=False,
+    )  # fmt: skip
+    assert manifest["hyperparameters"]["method"]["gate_names_refuse"] is True
+    model = Unlearned(tiny_lm, tmp_path, manifest)
+    model.withhold = False  # even with the raw probabilities shown, a refused query carries no label
+    diluted = "sandler " + " ".join(toy.train_retain.texts)
+    assert model.predict([diluted]) == [
+        {"label": "other", "probabilities": {"negative": 0.5, "positive": 0.5}}
+    ]
+    with pytest.raises(SpulError, match=r"\(gate_names_refuse\) must be given only with gate_names"):
+        make_method(tiny_lm, "spul", gate=True, gate_names_refuse=True)
 
 
 def test_gated_spul_applies_the_prompt_only_where_the_gate_flags(

@@ -124,6 +124,7 @@ def test_option_names_are_the_config_fields():
         "gate_c",
         "gate_focus",
         "gate_names",
+        "gate_names_refuse",
         "check_strata",
         "alpha",
         "beta",

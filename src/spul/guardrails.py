@@ -112,11 +112,13 @@ class Flagger(Protocol):
 @dataclass
 class TextGate:
     """An EmbeddingGate over raw texts: embeds them with its embedder, then flags; with `names`, a text
-    naming one of them is flagged too (words added to it cannot unflag it, as they can dilute a score)."""
+    naming one of them is flagged too (words added to it cannot unflag it, as they can dilute a score),
+    and with `names_refuse` also refused (the generic answer outright, as a name filter answers)."""
 
     gate: EmbeddingGate
     embed: Embedder
     names: KeywordFilter | None = None
+    names_refuse: bool = False
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
         """Each text's score: the highest of its whole text's and its pieces', its sentences (a `sentences`
@@ -137,22 +139,29 @@ class TextGate:
         """Each text's flag and refusal (its score reaches the refusal threshold), from one scoring."""
         flagged, refused = self.gate.bands(self.scores(texts))
         if self.names is not None:
-            flagged = flagged | self.names.flags(texts)
+            return self.named(texts, flagged, refused)
         return flagged, refused
+
+    def named(self, texts: Sequence[str], flagged: np.ndarray, refused: np.ndarray):
+        """(flagged, refused) with the texts naming one of `names` flagged, and refused if `names_refuse`."""
+        hits = self.names.flags(texts)
+        return flagged | hits, (refused | hits) if self.names_refuse else refused
 
     def save(self, folder: Path) -> None:
         """The gate's files, and its names (NAMES_FILE) when it has them."""
         self.gate.save(folder)
         if self.names is not None:
-            write_json_atomic(folder / NAMES_FILE, self.names.to_json())
+            extra = {"refuse": True} if self.names_refuse else {}  # absent: flagged only, as before
+            write_json_atomic(folder / NAMES_FILE, self.names.to_json() | extra)
 
     @classmethod
     def load(cls, folder: Path) -> TextGate:
         """The gate saved in `folder` by `save`, with its embedder loaded."""
-        gate, names = EmbeddingGate.load(folder), None
+        gate, names, refuse = EmbeddingGate.load(folder), None, False
         if (folder / NAMES_FILE).is_file():
             names = KeywordFilter.read(folder / NAMES_FILE)
-        return cls(gate, get_embedder(gate.embedder_name), names)
+            refuse = json.loads((folder / NAMES_FILE).read_text(encoding="utf-8")).get("refuse") is True
+        return cls(gate, get_embedder(gate.embedder_name), names, refuse)
 
 
 @dataclass

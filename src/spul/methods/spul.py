@@ -88,6 +88,11 @@ class SpulConfig(SoftPromptConfig):
         "gated SPUL: the gate also flags every query naming a name word of the forget rows (as `filter` "
         "derives them): words added to such a query cannot take it past the gate",
     )
+    gate_names_refuse: bool = option(
+        False,
+        "gated SPUL with gate_names: a query naming one of those words gets the generic answer outright "
+        "(refused, as the `filter` guardrail answers it), not the prompt",
+    )
     gate_focus: float = option(
         0.0,
         "gated SPUL: this share [0, 1) of each batch's retain rows is drawn from the retain training rows "
@@ -142,6 +147,9 @@ class SpulConfig(SoftPromptConfig):
         self.require("gate_c", self.gate_c == 1.0 or self.gate, "given only with --gate")
         self.require("gate_focus", 0 <= self.gate_focus < 1, "in [0, 1)")
         self.require("gate_names", not self.gate_names or self.gate, "given only with --gate")
+        self.require(
+            "gate_names_refuse", not self.gate_names_refuse or self.gate_names, "given only with gate_names"
+        )
         self.require("gate_focus", not self.gate_focus or self.gate, "given only with --gate")
         self.require("check_strata", not self.check_strata or self.gate, "given only with --gate")
         self.require("check_rows", self.check_rows >= 1, ">= 1")
@@ -197,6 +205,7 @@ GATE_OPTIONS = (
     "gate_c",
     "gate_focus",
     "gate_names",
+    "gate_names_refuse",
     "check_strata",
 )
 KL_REFERENCES = ("cached", "recompute")
@@ -252,7 +261,8 @@ class Spul(SoftPromptMethod):
             if c.gate_names:  # the names of the rows themselves (a copy's appended words are not theirs)
                 own = [[texts[i] for i in part if sources[i] == i] for part in (forget, retain)]
                 self.gate_rule.names = forget_names(*own, NAME_RATIO, "gate_names", "train without it")
-                flags |= self.gate_rule.names.flags(texts)
+                self.gate_rule.names_refuse = c.gate_names_refuse
+                flags, refused = self.gate_rule.named(texts, flags, refused)
             self.gate_flags, self.gate_refused = flags.tolist(), refused.tolist()
         prompts = self.encoder.encode(texts)
         items, none = [], [False] * len(texts)
