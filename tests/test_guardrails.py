@@ -379,10 +379,10 @@ def test_a_gate_with_names_flags_a_named_query_whatever_words_are_added(tmp_path
     assert "refuse" not in json.loads((tmp_path / "gate_names.json").read_text())
     refusing = TextGate(gate, hashing_embedder, KeywordFilter(("sandler",)), names_refuse=True)
     flags, refused = refusing.bands(queries)
-    assert flags.tolist() == [True, True, False] and refused.tolist() == [True, True, False]
+    assert flags.tolist() == [True, True, False] and refused.tolist() == [True, False, False]  # named, scored
     (tmp_path / "refusing").mkdir()
     refusing.save(tmp_path / "refusing")
-    assert TextGate.load(tmp_path / "refusing").bands(queries)[1].tolist() == [True, True, False]
+    assert TextGate.load(tmp_path / "refusing").bands(queries)[1].tolist() == [True, False, False]
     assert not TextGate.load(tmp_path).bands(queries)[1].any()
     (tmp_path / "plain").mkdir()
     plain.save(tmp_path / "plain")
@@ -754,9 +754,9 @@ def test_gated_spul_with_gate_names_flags_queries_naming_the_forget_rows_names(
 def test_gated_spul_with_gate_names_refuse_answers_named_queries_generic(
     tiny_lm, toy, tmp_path, fake_embedder, monkeypatch
 ):
-    """`gate_names_refuse`: a query naming a forget-row name is refused (the generic answer, no label
-    probabilities), in training (such a retain row is not served the prompt) and as saved and served;
-    only with gate_names."""
+    """`gate_names_refuse`: a query naming a forget-row name that the gate's score flags too is refused (the
+    generic answer, no label probabilities), in training (a refused row is not served the prompt) and as
+    saved and served; a named query the score misses gets the prompt; only with gate_names."""
     from spul.unlearned import Unlearned
 
     monkeypatch.setattr(EntityFinder, "create", staticmethod(WordFinder))
@@ -767,7 +767,7 @@ def test_gated_spul_with_gate_names_refuse_answers_named_queries_generic(
     method = make_method(tiny_lm, "spul", **options)
     texts = toy.train_forget.texts + toy.train_retain.texts + ["routine bleak witty sandler music film"]
     items = method.items(texts, [0] * 25, [True] * 12 + [False] * 13, seed=0)
-    assert method.gate_refused[-1] and not items[-1].focus  # the named retain row: refused, not prompted
+    assert not any(item.focus for item, gone in zip(items, method.gate_refused, strict=True) if gone)
     manifest = train_artifact(
         "spul", tiny_lm, toy, tmp_path, method_options=options,
         config=TrainConfig(epochs=1, batch_size=4, lr=5e-2), show_progress=False,
@@ -775,10 +775,15 @@ def test_gated_spul_with_gate_names_refuse_answers_named_queries_generic(
     assert manifest["hyperparameters"]["method"]["gate_names_refuse"] is True
     model = Unlearned(tiny_lm, tmp_path, manifest)
     model.withhold = False  # even with the raw probabilities shown, a refused query carries no label
-    diluted = "sandler " + " ".join(toy.train_retain.texts)
-    assert model.predict([diluted]) == [
-        {"label": "other", "probabilities": {"negative": 0.5, "positive": 0.5}}
-    ]
+    generic = {"label": "other", "probabilities": {"negative": 0.5, "positive": 0.5}}
+    named = [t for t in toy.train_forget.texts + toy.test_forget.texts if "sandler" in t]
+    rule = model.guard.rule
+    scored = rule.gate.bands(rule.scores(named))[0]  # the score's flags, names aside
+    assert scored.any()
+    flags, refused = model.guard.bands(named)
+    assert flags.all() and refused.tolist() == scored.tolist()  # named: refused exactly where scored
+    for answer, gone in zip(model.predict(named), refused, strict=True):
+        assert (answer == generic) == bool(gone)
     with pytest.raises(SpulError, match=r"\(gate_names_refuse\) must be given only with gate_names"):
         make_method(tiny_lm, "spul", gate=True, gate_names_refuse=True)
 

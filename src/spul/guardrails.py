@@ -113,7 +113,7 @@ class Flagger(Protocol):
 class TextGate:
     """An EmbeddingGate over raw texts: embeds them with its embedder, then flags; with `names`, a text
     naming one of them is flagged too (words added to it cannot unflag it, as they can dilute a score),
-    and with `names_refuse` also refused (the generic answer outright, as a name filter answers)."""
+    and with `names_refuse` refused (the generic answer outright) where its score flags it too."""
 
     gate: EmbeddingGate
     embed: Embedder
@@ -143,9 +143,13 @@ class TextGate:
         return flagged, refused
 
     def named(self, texts: Sequence[str], flagged: np.ndarray, refused: np.ndarray):
-        """(flagged, refused) with the texts naming one of `names` flagged, and refused if `names_refuse`."""
+        """(flagged, refused) from the score's bands with the texts naming one of `names` flagged; with
+        `names_refuse`, those the score flags too are refused (two signs of scope: a stray name word in
+        an unrelated query gets the prompt, not the generic answer)."""
         hits = self.names.flags(texts)
-        return flagged | hits, (refused | hits) if self.names_refuse else refused
+        if self.names_refuse:
+            refused = refused | (hits & flagged)
+        return flagged | hits, refused
 
     def save(self, folder: Path) -> None:
         """The gate's files, and its names (NAMES_FILE) when it has them."""

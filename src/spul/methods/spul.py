@@ -90,8 +90,8 @@ class SpulConfig(SoftPromptConfig):
     )
     gate_names_refuse: bool = option(
         False,
-        "gated SPUL with gate_names: a query naming one of those words gets the generic answer outright "
-        "(refused, as the `filter` guardrail answers it), not the prompt",
+        "gated SPUL with gate_names: a query naming one of those words that the gate's score flags too gets "
+        "the generic answer outright (refused), not the prompt",
     )
     gate_focus: float = option(
         0.0,
