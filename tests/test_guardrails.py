@@ -384,6 +384,10 @@ def test_a_gate_with_names_flags_a_named_query_whatever_words_are_added(tmp_path
     refusing.save(tmp_path / "refusing")
     assert TextGate.load(tmp_path / "refusing").bands(queries)[1].tolist() == [True, False, False]
     assert not TextGate.load(tmp_path).bands(queries)[1].any()
+    names_file = tmp_path / "refusing" / "gate_names.json"
+    names_file.write_text(json.dumps(json.loads(names_file.read_text()) | {"refuse": "yes"}))
+    with pytest.raises(SpulError, match="'refuse' must be true or false"):
+        TextGate.load(tmp_path / "refusing")
     (tmp_path / "plain").mkdir()
     plain.save(tmp_path / "plain")
     assert TextGate.load(tmp_path / "plain").names is None

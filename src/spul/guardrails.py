@@ -142,7 +142,9 @@ class TextGate:
             return self.named(texts, flagged, refused)
         return flagged, refused
 
-    def named(self, texts: Sequence[str], flagged: np.ndarray, refused: np.ndarray):
+    def named(
+        self, texts: Sequence[str], flagged: np.ndarray, refused: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(flagged, refused) from the score's bands with the texts naming one of `names` flagged; with
         `names_refuse`, those the score flags too are refused (two signs of scope: a stray name word in
         an unrelated query gets the prompt, not the generic answer)."""
@@ -161,10 +163,12 @@ class TextGate:
     @classmethod
     def load(cls, folder: Path) -> TextGate:
         """The gate saved in `folder` by `save`, with its embedder loaded."""
-        gate, names, refuse = EmbeddingGate.load(folder), None, False
-        if (folder / NAMES_FILE).is_file():
-            names = KeywordFilter.read(folder / NAMES_FILE)
-            refuse = json.loads((folder / NAMES_FILE).read_text(encoding="utf-8")).get("refuse") is True
+        gate, names, refuse, path = EmbeddingGate.load(folder), None, False, folder / NAMES_FILE
+        if path.is_file():
+            names = KeywordFilter.read(path)
+            refuse = json.loads(path.read_text(encoding="utf-8")).get("refuse", False)
+            if not isinstance(refuse, bool):
+                raise SpulError(f"{path}: 'refuse' must be true or false, got {refuse!r}")
         return cls(gate, get_embedder(gate.embedder_name), names, refuse)
 
 
