@@ -41,6 +41,17 @@ def _words(text: str) -> set[str]:
     return {re.sub(r"['’]s?$", "", w.lower()) for w in _WORD.findall(text)}
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in the file `path`; a SpulError naming the file when unreadable or not an object."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SpulError(f"{path.parent}: unreadable {path.name}: {err}") from None
+    if not isinstance(raw, dict):
+        raise SpulError(f"{path}: expected a JSON object")
+    return raw
+
+
 @dataclass
 class KeywordFilter:
     """Flags a query that contains any of `keywords` (whole words, case-insensitive) or matches `regex`."""
@@ -78,13 +89,7 @@ class KeywordFilter:
     @classmethod
     def read(cls, path: Path) -> KeywordFilter:
         """The rule in the file `path`, written from `to_json`."""
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise SpulError(f"{path.parent}: unreadable {path.name}: {err}") from None
-        if not isinstance(raw, dict):
-            raise SpulError(f"{path}: expected a JSON object")
-        return cls.from_json(raw, str(path))
+        return cls.from_json(read_json_object(path), str(path))
 
     @classmethod
     def from_json(cls, data: dict, where: str = "filter.json") -> KeywordFilter:
@@ -165,8 +170,8 @@ class TextGate:
         """The gate saved in `folder` by `save`, with its embedder loaded."""
         gate, names, refuse, path = EmbeddingGate.load(folder), None, False, folder / NAMES_FILE
         if path.is_file():
-            names = KeywordFilter.read(path)
-            refuse = json.loads(path.read_text(encoding="utf-8")).get("refuse", False)
+            raw = read_json_object(path)
+            names, refuse = KeywordFilter.from_json(raw, str(path)), raw.get("refuse", False)
             if not isinstance(refuse, bool):
                 raise SpulError(f"{path}: 'refuse' must be true or false, got {refuse!r}")
         return cls(gate, get_embedder(gate.embedder_name), names, refuse)
